@@ -1,3 +1,23 @@
-"""stitchlib: model stitching and CKA, after Bansal, Nakkiran & Barak (NeurIPS 2021)."""
+"""stitchlib: model stitching and CKA, after Bansal, Nakkiran & Barak (NeurIPS 2021).
+
+The public face: data (`load_dataset`), models (`build_model`, `cut_points`, `split`),
+training (`train_model`), stitching (`stitch`), similarity (`linear_cka`, `CKAAccumulator`),
+the artifact `Store`, and the notebooks' experiments (`setup`, `connectivity`,
+`check_claims`, `summarize`, `plot_connectivity`).
+"""
 
 __version__ = "0.1.0"
+
+from .data import load_dataset
+from .experiments import check_claims, connectivity, setup, summarize
+from .models import build_model, cut_points, split
+from .plotting import plot_connectivity
+from .similarity import CKAAccumulator, linear_cka
+from .stitching import stitch
+from .store import Store
+from .training import train_model
+
+__all__ = [
+    "load_dataset", "build_model", "cut_points", "split", "train_model", "stitch", "linear_cka",
+    "CKAAccumulator", "Store", "setup", "connectivity", "check_claims", "summarize", "plot_connectivity",
+]

@@ -1,0 +1,48 @@
+# `make figures` and `make test` set everything up themselves (a .venv next to this file).
+# PROFILE=smoke (default, a 2-core CPU in minutes) or PROFILE=paper (Appendix A's scale, one GPU).
+PROFILE ?= smoke
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+BIN := $(VENV)/bin
+NOTEBOOKS := $(sort $(wildcard notebooks/[0-9]*.ipynb))
+SANITIZE := notebooks/sanitize.cfg
+
+.PHONY: setup figures test unit nbval refresh-notebooks clean-runs
+
+setup: $(VENV)/.installed
+
+# torch and torchvision first, pinned and on their own: pip then takes them from a local
+# wheel cache where one exists instead of resolving a different build.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(BIN)/python -m pip install --quiet -e '.[notebooks,dev]'
+	touch $@
+
+figures: setup
+	@mkdir -p runs/$(PROFILE)
+	@for nb in $(NOTEBOOKS); do \
+	  name=$$(basename $$nb .ipynb); \
+	  echo "== $$name ($(PROFILE))"; \
+	  $(BIN)/papermill $$nb runs/$(PROFILE)/$$name.ipynb -f notebooks/params/$$name.$(PROFILE).yaml \
+	    --cwd notebooks --progress-bar || exit 1; \
+	done
+	@echo "figures in figures/$(PROFILE)/, executed notebooks in runs/$(PROFILE)/"
+
+unit: setup
+	$(BIN)/python -m pytest tests -q
+
+test: setup
+	$(BIN)/python -m pytest tests $(NOTEBOOKS) --nbval-lax --nbval-current-env \
+	  --nbval-sanitize-with $(SANITIZE) --nbval-cell-timeout 1200 -q -p no:cacheprovider
+
+# Re-run the committed notebooks at the smoke profile, in place and without parameters,
+# to refresh the outputs nbval compares against.
+refresh-notebooks: setup
+	@for nb in $(NOTEBOOKS); do \
+	  $(BIN)/jupyter nbconvert --to notebook --execute --inplace --ExecutePreprocessor.timeout=1800 $$nb || exit 1; \
+	done
+
+clean-runs:
+	rm -rf runs

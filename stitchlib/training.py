@@ -1,0 +1,113 @@
+"""Base-model training (the paper's recipe, Appendix A.2) and evaluation."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .data import DeviceLoader, Split
+
+__all__ = ["Recipe", "resolve_device", "train_model", "test_error"]
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """"auto" means CUDA when present, else CPU; anything else is taken as given."""
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as exc:
+        raise ValueError(f"unknown device {device!r}; use 'auto', 'cpu', 'cuda' or 'cuda:N'") from exc
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} asked for, but no CUDA device is available; use 'auto' or 'cpu'")
+    return resolved
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """SGD with momentum 0.9, lr 0.05 dropped by 0.2 at 50% and 75% of the steps, weight
+    decay 1e-4, batch 128, random crop (pad 4) + flip: the paper's ResNet recipe.
+    The paper ran 64K steps; `epochs` sets the length here (steps = epochs x batches)."""
+
+    epochs: float = 30
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    batch_size: int = 128
+    milestones: tuple[float, float] = (0.5, 0.75)
+    gamma: float = 0.2
+
+    def __post_init__(self):
+        if not self.epochs > 0:
+            raise ValueError(f"epochs must be > 0, got {self.epochs!r}")
+        if not (isinstance(self.batch_size, int) and self.batch_size > 0):
+            raise ValueError(f"batch_size must be a positive int, got {self.batch_size!r}")
+
+    def as_config(self) -> dict:
+        return asdict(self)
+
+
+def train_model(
+    model: nn.Module,
+    split: Split,
+    mean,
+    std,
+    recipe: Recipe = Recipe(),
+    *,
+    seed: int = 0,
+    device: str | torch.device = "auto",
+    checkpoints: tuple[float, ...] = (),
+    desc: str = "train",
+) -> dict[float, dict]:
+    """Train `model` in place. Returns {epoch: state_dict} for every epoch listed in
+    `checkpoints` (plus the final one), copied to the CPU."""
+    device = resolve_device(device)
+    model.to(device).train()
+    loader = DeviceLoader(split, mean, std, batch_size=recipe.batch_size, train=True, device=device, seed=seed)
+    total = max(1, math.ceil(recipe.epochs * len(loader)))
+    bad = [c for c in checkpoints if not 0 < c <= recipe.epochs]
+    if bad:
+        raise ValueError(f"checkpoint epochs {bad} lie outside the run's length (0, {recipe.epochs}]")
+    wanted = {min(total, max(1, round(c * len(loader)))): c for c in checkpoints}
+    wanted[total] = recipe.epochs
+    opt = torch.optim.SGD(
+        model.parameters(), lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay
+    )
+    sched = torch.optim.lr_scheduler.MultiStepLR(
+        opt, [round(m * total) for m in recipe.milestones], gamma=recipe.gamma
+    )
+    saved: dict[float, dict] = {}
+    step = 0
+    with tqdm(total=total, desc=desc, leave=False) as bar:
+        while step < total:
+            for x, y in loader:
+                loss = nn.functional.cross_entropy(model(x), y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                step += 1
+                bar.update()
+                if step in wanted:
+                    saved[wanted[step]] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+                if step >= total:
+                    break
+    model.eval()
+    return saved
+
+
+@torch.no_grad()
+def test_error(model: nn.Module, split: Split, mean, std, *, device="auto", batch_size: int = 500) -> float:
+    """Top-1 error in percent of `model` (put in eval mode) on `split`."""
+    device = resolve_device(device)
+    model.to(device).eval()
+    wrong = 0
+    for x, y in DeviceLoader(split, mean, std, batch_size=batch_size, device=device):
+        wrong += (model(x).argmax(1) != y).sum().item()
+    return 100.0 * wrong / len(split)
