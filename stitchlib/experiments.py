@@ -22,7 +22,7 @@ from .models import build_model, cut_points, spine
 from .similarity import CKAAccumulator
 from .stitching import stitch
 from .store import Store, frame_to_payload, payload_to_frame
-from .training import Recipe, resolve_device, test_error, train_model
+from .training import Recipe, resolve_device, error_rate, train_model
 
 __all__ = ["PROFILES", "Setup", "setup", "connectivity", "check_claims", "summarize"]
 
@@ -33,14 +33,14 @@ PROFILES: dict[str, dict[str, dict]] = {
     "connectivity": {
         "smoke": dict(
             dataset="cifar10", arch="resnet18", widths=[0.0625, 0.125, 0.25], seeds=[0, 1], random_seed=100,
-            train_samples=5000, test_samples=2000, epochs=4.0, stitch_samples=2000, stitch_epochs=1.0,
-            ls_samples=2000, cka_samples=1000, cka_estimator="exact",
+            train_samples=10000, test_samples=1000, epochs=4.0, stitch_samples=2000, stitch_epochs=2.0,
+            stitch_lr=0.03, ls_samples=1000, cka_samples=500, cka_estimator="exact",
         ),
         "paper": dict(
             dataset="cifar10", arch="resnet18", widths=[0.5, 1.0, 2.0], seeds=[0, 1], random_seed=100,
             # 64K steps of batch 128 on 50K images = 164 epochs (Appendix A.2).
             train_samples=50000, test_samples=10000, epochs=164.0, stitch_samples=50000, stitch_epochs=10.0,
-            ls_samples=10000, cka_samples=10000, cka_estimator="minibatch",
+            stitch_lr=0.001, ls_samples=10000, cka_samples=10000, cka_estimator="minibatch",
         ),
     }
 }
@@ -48,7 +48,7 @@ PROFILES: dict[str, dict[str, dict]] = {
 # Types of every parameter, checked before any work starts (papermill injects whatever it is given).
 PARAM_TYPES = dict(
     dataset=str, arch=str, widths=list, seeds=list, random_seed=int, train_samples=int, test_samples=int,
-    epochs=(int, float), stitch_samples=int, stitch_epochs=(int, float), ls_samples=int, cka_samples=int,
+    epochs=(int, float), stitch_samples=int, stitch_epochs=(int, float), stitch_lr=float, ls_samples=int, cka_samples=int,
     cka_estimator=str, device=str, profile=str,
 )
 
@@ -157,7 +157,7 @@ def base_model(s: Setup, *, width: float, seed: int, train_split: data_mod.Split
         train_model(model, train_split, ds.mean, ds.std, recipe, seed=seed, device=s.device,
                     desc=f"{arch} w={width} seed={seed}")
         seconds = time.perf_counter() - start
-        err = test_error(model, test_split, ds.mean, ds.std, device=s.device)
+        err = error_rate(model, test_split, ds.mean, ds.std, device=s.device)
         return {"state_dict": {k: v.cpu() for k, v in model.state_dict().items()}, "test_error": err,
                 "train_seconds": seconds}
 
@@ -240,7 +240,7 @@ def connectivity(s: Setup) -> Results:
     stitch_split = data_mod.subset(train_split, p["stitch_samples"], seed=1)
     cka_split = data_mod.subset(test_split, p["cka_samples"], seed=2)
     recipe = Recipe(epochs=float(p["epochs"]))
-    stitch_kw = dict(epochs=float(p["stitch_epochs"]), ls_samples=p["ls_samples"])
+    stitch_kw = dict(epochs=float(p["stitch_epochs"]), lr=p["stitch_lr"], ls_samples=p["ls_samples"])
     rows, model_rows = [], []
     for width in tqdm(p["widths"], desc="widths"):
         trained = [base_model(s, width=width, seed=seed, train_split=train_split, test_split=test_split,
@@ -288,10 +288,9 @@ def check_claims(results: Results, **thresholds: float) -> pd.DataFrame:
     rows.append(("(a) two seeds are stitching-connected: max penalty over cuts and widths (points)",
                  worst_pair, f"<= {thresholds['connected_max_penalty']}",
                  worst_pair <= thresholds["connected_max_penalty"]))
-    gap = min(
-        random[late & (t["width"] == w)]["penalty"].mean() - trained[late & (t["width"] == w)]["penalty"].mean()
-        for w in t["width"].unique()
-    )
+    late_random, late_trained = random[late[random.index]], trained[late[trained.index]]
+    gap = min(late_random[late_random["width"] == w]["penalty"].mean()
+              - late_trained[late_trained["width"] == w]["penalty"].mean() for w in t["width"].unique())
     rows.append(("(b) a random bottom is far worse at the later cuts: min over widths of mean penalty gap (points)",
                  gap, f">= {thresholds['random_late_gap']}", gap >= thresholds["random_late_gap"]))
     early = max(random[(random["cut_index"] == 0) & (random["width"] == w)]["penalty"].iloc[0]

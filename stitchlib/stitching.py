@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from .data import Dataset, DeviceLoader, Split
 from .models import CutPoint, resolve_cut, split
-from .training import resolve_device, test_error
+from .training import as_nhwc, channels_last, resolve_device, error_rate
 
 __all__ = ["Stitcher", "StitchedModel", "StitchResult", "stitch", "BN_POLICIES", "INITS"]
 
@@ -138,6 +138,7 @@ def _least_squares_init(stitcher: Stitcher, b_bottom, t_bottom, loader, ridge: f
     gram = torch.zeros(c_in + 1, c_in + 1, dtype=torch.float64, device=device)
     cross = None
     for x, _ in loader:
+        x = as_nhwc(x)
         xb = _pixels(b_bottom(x)).double()
         yt = _pixels(t_bottom(x)).double()
         xa = torch.cat([xb, torch.ones(len(xb), 1, dtype=torch.float64, device=device)], 1)
@@ -240,10 +241,10 @@ def stitch(
     tcut = resolve_cut(top_model, at if top_at is None else top_at)
     if bn_policy == "drift":
         bottom_model, top_model = copy.deepcopy(bottom_model), copy.deepcopy(top_model)
-    bottom_model.to(device).eval()
-    top_model.to(device).eval()
+    channels_last(bottom_model.to(device)).eval()
+    channels_last(top_model.to(device)).eval()
     if top_error is None:
-        top_error = test_error(top_model, test, dataset.mean, dataset.std, device=device)
+        top_error = error_rate(top_model, test, dataset.mean, dataset.std, device=device)
 
     probe = next(iter(DeviceLoader(test, dataset.mean, dataset.std, batch_size=2, device=device)))[0]
     _check_compatible(bottom_model, top_model, bcut, tcut, probe)
@@ -252,18 +253,19 @@ def stitch(
 
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
-        stitcher = Stitcher(bcut.channels, tcut.channels, kind=bcut.kind, kernel_size=kernel_size).to(device)
+        stitcher = channels_last(Stitcher(bcut.channels, tcut.channels, kind=bcut.kind,
+                                          kernel_size=kernel_size).to(device))
     with _restore_requires_grad(bottom_model, top_model):
         model = StitchedModel(b_bottom, stitcher, t_top, bn_policy=bn_policy)
         if init == "least_squares":
             ls_split = train if len(train) <= ls_samples else _first(train, ls_samples)
             ls_loader = DeviceLoader(ls_split, dataset.mean, dataset.std, batch_size=256, device=device)
             _least_squares_init(stitcher, b_bottom, t_bottom, ls_loader, ridge, device)
-        error_init = test_error(model, test, dataset.mean, dataset.std, device=device)
+        error_init = error_rate(model, test, dataset.mean, dataset.std, device=device)
         if epochs > 0:
             _train_stitcher(model, train, dataset, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
                             device=device, desc=f"stitch {bcut.name}")
-        error = test_error(model, test, dataset.mean, dataset.std, device=device)
+        error = error_rate(model, test, dataset.mean, dataset.std, device=device)
     config = dict(at=bcut.name, top_at=tcut.name, epochs=epochs, init=init, kernel_size=kernel_size,
                   bn_policy=bn_policy, lr=lr, batch_size=batch_size, ls_samples=ls_samples, ridge=ridge, seed=seed)
     return StitchResult(bcut, top_error, error_init, error, model, config)
@@ -283,7 +285,7 @@ def _train_stitcher(model: StitchedModel, train: Split, dataset: Dataset, *, epo
     with tqdm(total=total, desc=desc, leave=False) as bar:
         while step < total:
             for x, y in loader:
-                loss = nn.functional.cross_entropy(model(x), y)
+                loss = nn.functional.cross_entropy(model(as_nhwc(x)), y)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

@@ -11,7 +11,17 @@ from tqdm.auto import tqdm
 
 from .data import DeviceLoader, Split
 
-__all__ = ["Recipe", "resolve_device", "train_model", "test_error"]
+__all__ = ["Recipe", "resolve_device", "train_model", "error_rate"]
+
+
+def channels_last(model: nn.Module) -> nn.Module:
+    """NHWC is the faster layout for these convolutions on CPU (about 1.3x at width 0.25) and
+    on GPU alike; it changes no result beyond float rounding order."""
+    return model.to(memory_format=torch.channels_last)
+
+
+def as_nhwc(x: torch.Tensor) -> torch.Tensor:
+    return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -68,7 +78,7 @@ def train_model(
     """Train `model` in place. Returns {epoch: state_dict} for every epoch listed in
     `checkpoints` (plus the final one), copied to the CPU."""
     device = resolve_device(device)
-    model.to(device).train()
+    channels_last(model.to(device)).train()
     loader = DeviceLoader(split, mean, std, batch_size=recipe.batch_size, train=True, device=device, seed=seed)
     total = max(1, math.ceil(recipe.epochs * len(loader)))
     bad = [c for c in checkpoints if not 0 < c <= recipe.epochs]
@@ -87,7 +97,7 @@ def train_model(
     with tqdm(total=total, desc=desc, leave=False) as bar:
         while step < total:
             for x, y in loader:
-                loss = nn.functional.cross_entropy(model(x), y)
+                loss = nn.functional.cross_entropy(model(as_nhwc(x)), y)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -103,11 +113,11 @@ def train_model(
 
 
 @torch.no_grad()
-def test_error(model: nn.Module, split: Split, mean, std, *, device="auto", batch_size: int = 500) -> float:
+def error_rate(model: nn.Module, split: Split, mean, std, *, device="auto", batch_size: int = 500) -> float:
     """Top-1 error in percent of `model` (put in eval mode) on `split`."""
     device = resolve_device(device)
-    model.to(device).eval()
+    channels_last(model.to(device)).eval()
     wrong = 0
     for x, y in DeviceLoader(split, mean, std, batch_size=batch_size, device=device):
-        wrong += (model(x).argmax(1) != y).sum().item()
+        wrong += (model(as_nhwc(x)).argmax(1) != y).sum().item()
     return 100.0 * wrong / len(split)

@@ -1,0 +1,97 @@
+import warnings
+
+import pandas as pd
+import pytest
+import torch
+
+import stitchlib
+from stitchlib import experiments as E
+from stitchlib.store import CorruptArtifactWarning
+
+TINY = dict(widths=[0.0625], seeds=[0, 1], train_samples=512, test_samples=256, epochs=1.0, stitch_samples=256,
+            stitch_epochs=0.5, ls_samples=256, cka_samples=128)
+
+
+@pytest.fixture()
+def tiny(tmp_path):
+    return stitchlib.setup("connectivity", device="cpu", store=str(tmp_path / "store"),
+                           figures_dir=str(tmp_path / "figures"), **TINY)
+
+
+def test_connectivity_table_is_tidy_and_consistent(tiny):
+    res = stitchlib.connectivity(tiny)
+    t = res.table
+    assert len(t) == 2 * 10 and set(t["pair"]) == {"seed 1", "random"}
+    assert (t["penalty"] - (t["error"] - t["top_error"])).abs().max() < 1e-9
+    assert t["cka"].between(0, 1).all()
+    # The random control is less similar to the top model than another trained seed, by CKA on average.
+    by = t.groupby("bottom")["cka"].mean()
+    assert by["random"] < by["trained"]
+    csv = pd.read_csv(tiny.figures / "01_connectivity.csv")
+    assert list(csv.columns) == list(t.columns) and len(csv) == len(t)
+    claims = stitchlib.check_claims(res, connected_max_penalty=5, random_late_gap=10, random_early_max=10)
+    assert list(claims.columns) == ["claim", "statistic", "threshold", "holds"] and len(claims) == 3
+
+
+def test_second_run_loads_instead_of_training(tiny, monkeypatch):
+    first = stitchlib.connectivity(tiny).table
+
+    def forbidden(*a, **k):
+        raise AssertionError("recomputed although the store holds the result")
+
+    monkeypatch.setattr(E, "train_model", forbidden)
+    monkeypatch.setattr(E, "stitch", forbidden)
+    monkeypatch.setattr(E, "CKAAccumulator", forbidden)
+    second = stitchlib.connectivity(tiny).table
+    pd.testing.assert_frame_equal(first, second)
+
+
+def test_corrupt_artifact_is_recomputed_with_a_warning(tiny):
+    first = stitchlib.connectivity(tiny).table
+    victim = sorted((tiny.store.root / "model").glob("*.pt"))[0]
+    victim.write_bytes(victim.read_bytes()[:100])
+    with pytest.warns(CorruptArtifactWarning, match=victim.name):
+        again = stitchlib.connectivity(tiny).table
+    pd.testing.assert_frame_equal(first, again)  # same parameters and seed, same numbers
+
+
+def test_random_control_shares_no_weight_with_trained_networks(tiny):
+    ds = tiny.dataset
+    train = stitchlib.data.subset(ds.train, 512, seed=0)
+    test = stitchlib.data.subset(ds.test, 256, seed=0)
+    trained, _ = E.base_model(tiny, width=0.0625, seed=0, train_split=train, test_split=test,
+                              recipe=E.Recipe(epochs=1.0))
+    random, _ = E.random_model(tiny, width=0.0625, seed=100, num_classes=10)
+    tp = {k: v for k, v in trained.state_dict().items() if v.is_floating_point()}
+    rp = random.state_dict()
+    ptrs = {v.data_ptr() for v in tp.values()}
+    for k, v in rp.items():
+        assert v.data_ptr() not in ptrs
+        if v.is_floating_point() and v.numel() > 1 and "running" not in k:
+            assert not torch.equal(v, tp[k]), k
+
+
+@pytest.mark.parametrize("kwargs,error,match", [
+    (dict(dataset="imagenet"), ValueError, "unknown dataset 'imagenet'"),
+    (dict(arch="vgg11"), ValueError, "unknown architecture 'vgg11'"),
+    (dict(widths=[0.5, 0]), ValueError, "widths must be a non-empty list of numbers > 0"),
+    (dict(widths=[]), ValueError, "widths must be a non-empty list"),
+    (dict(train_samples=60000), ValueError, "train_samples=60000 exceeds the 50000 images"),
+    (dict(train_samples="5000"), TypeError, "parameter 'train_samples' must be int, got str '5000'"),
+    (dict(epochs=True), TypeError, "parameter 'epochs' must be int or float"),
+    (dict(stitch_samples=20000, train_samples=10000), ValueError, "stitch_samples=20000 must be <= train_samples"),
+    (dict(seeds=[0]), ValueError, "at least two distinct"),
+    (dict(cka_estimator="svcca"), ValueError, "unknown cka_estimator"),
+    (dict(bogus=1), ValueError, r"unknown parameters \['bogus'\]"),
+])
+def test_bad_parameters_fail_before_any_work(tmp_path, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        stitchlib.setup("connectivity", store=str(tmp_path / "s"), figures_dir=str(tmp_path / "f"), **kwargs)
+    assert not (tmp_path / "s").exists()
+
+
+def test_unknown_profile_and_experiment():
+    with pytest.raises(ValueError, match="unknown profile 'huge'.*paper.*smoke"):
+        stitchlib.setup("connectivity", profile="huge")
+    with pytest.raises(ValueError, match="unknown experiment"):
+        stitchlib.setup("nope")

@@ -1,0 +1,126 @@
+import numpy as np
+import pytest
+import torch
+
+import stitchlib
+from stitchlib.models import cut_points, split
+from stitchlib.stitching import Stitcher, StitchedModel
+from stitchlib.training import error_rate
+
+
+def _snapshot(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _identical(before, model):
+    after = model.state_dict()
+    return all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_a_model_stitched_to_itself_from_least_squares_has_zero_penalty_at_every_cut(cifar, small):
+    a = small["a"]
+    top_error = error_rate(a, small["test"], cifar.mean, cifar.std, device="cpu")
+    for cut in cut_points(a):
+        res = stitchlib.stitch(a, a, cut.index, cifar, train=small["train"], test=small["test"], epochs=0,
+                               ls_samples=512, top_error=top_error, device="cpu")
+        assert abs(res.penalty_init) <= 0.4, (cut.name, res.penalty_init)
+        x = torch.randn(8, 3, 32, 32)
+        with torch.no_grad():
+            # The least-squares stitcher is (nearly) the identity on A's own activations.
+            bottom, _ = split(a, cut.index)
+            h = bottom(x)
+            rel = (res.stitched.stitcher(h) - h).norm() / h.norm()
+        assert rel < 0.02, (cut.name, float(rel))
+
+
+def test_two_seeds_need_more_than_identity_and_training_helps(cifar, small):
+    a, b = small["a"], small["b"]
+    res = stitchlib.stitch(b, a, "layer3.0", cifar, train=small["train"], test=small["test"], epochs=2, lr=1e-2,
+                           device="cpu", seed=0)
+    assert res.penalty_init > 0.5  # different seeds are not the same network...
+    assert res.penalty < res.penalty_init  # ...but a trained stitcher recovers part of the gap
+    assert res.penalty == pytest.approx(res.error - res.top_error)
+
+
+def test_frozen_parts_are_bit_identical_after_stitching(cifar, small):
+    a, b = small["a"], small["b"]
+    before_a, before_b = _snapshot(a), _snapshot(b)
+    stitchlib.stitch(b, a, "layer2.0", cifar, train=small["train"], test=small["test"], epochs=1, device="cpu")
+    assert _identical(before_a, a) and _identical(before_b, b)
+    assert all(p.requires_grad for p in a.parameters())  # restored for the caller
+
+
+def test_drift_policy_moves_batchnorm_statistics_of_copies_only(cifar, small):
+    a, b = small["a"], small["b"]
+    before_a = _snapshot(a)
+    res = stitchlib.stitch(b, a, "layer2.0", cifar, train=small["train"], test=small["test"], epochs=1,
+                           bn_policy="drift", device="cpu")
+    assert _identical(before_a, a)  # the caller's model is untouched
+    top_bn = [m for m in res.stitched.top.modules() if isinstance(m, torch.nn.BatchNorm2d)][0]
+    name = [k for k, m in a.named_modules() if isinstance(m, torch.nn.BatchNorm2d) and k.startswith("stages.layer2_1")][0]
+    original = dict(a.named_modules())[name]
+    assert not torch.equal(top_bn.running_mean, original.running_mean)  # the statistics drifted
+
+
+def test_frozen_model_stays_in_eval_mode_under_train():
+    stitched = StitchedModel(torch.nn.BatchNorm2d(4), Stitcher(4, 4), torch.nn.BatchNorm2d(4))
+    stitched.train()
+    assert stitched.stitcher.training and not stitched.bottom.training and not stitched.top.training
+    drift = StitchedModel(torch.nn.BatchNorm2d(4), Stitcher(4, 4), torch.nn.BatchNorm2d(4), bn_policy="drift")
+    drift.train()
+    assert drift.bottom.training and drift.top.training
+
+
+def test_least_squares_matches_an_independent_ridge_solution(cifar, small):
+    """At the pooled cut the stitcher in eval mode must equal lstsq on standardised features."""
+    a, b = small["a"], small["b"]
+    res = stitchlib.stitch(b, a, "pool", cifar, train=small["train"], test=small["test"], epochs=0,
+                           ls_samples=1024, ridge=0.0, device="cpu")
+    loader = stitchlib.data.DeviceLoader(small["train"], cifar.mean, cifar.std, batch_size=1024)
+    x, _ = next(iter(loader))
+    with torch.no_grad():
+        hb = split(b, "pool")[0](x).double().numpy()
+        ha = split(a, "pool")[0](x).double().numpy()
+        got = res.stitched.stitcher.eval()(torch.from_numpy(hb).float()).double().numpy()
+    z = (hb - hb.mean(0)) / np.sqrt(hb.var(0) + 1e-5)
+    design = np.hstack([z, np.ones((len(z), 1))])
+    coef, *_ = np.linalg.lstsq(design, ha, rcond=None)
+    assert np.abs(got - design @ coef).max() < 1e-3 * np.abs(ha).max()
+
+
+def test_stitcher_shapes_and_kernel_sizes():
+    x = torch.randn(2, 8, 16, 16)
+    for k in (1, 3, 5):
+        s = Stitcher(8, 12, kernel_size=k)
+        assert s(x).shape == (2, 12, 16, 16)
+    assert Stitcher(8, 12, kind="vector")(torch.randn(4, 8)).shape == (4, 12)
+    for bad in (0, 2, -1):
+        with pytest.raises(ValueError, match="positive odd"):
+            Stitcher(8, 12, kernel_size=bad)
+    with pytest.raises(ValueError, match="unknown representation kind"):
+        Stitcher(8, 12, kind="tokens")
+
+
+def test_shape_mismatch_and_bad_options_are_refused(cifar, small):
+    a, b = small["a"], small["b"]
+    kw = dict(train=small["train"], test=small["test"], epochs=0, device="cpu")
+    with pytest.raises(ValueError, match="cannot stitch a map representation"):
+        stitchlib.stitch(b, a, "layer4.1", cifar, top_at="pool", **kw)
+    with pytest.raises(ValueError, match="spatial sizes differ"):
+        stitchlib.stitch(b, a, "stem", cifar, top_at="layer2.0", **kw)
+    with pytest.raises(ValueError, match="no cut point 'layer9.0'.*0=stem"):
+        stitchlib.stitch(b, a, "layer9.0", cifar, **kw)
+    with pytest.raises(ValueError, match="unknown bn_policy"):
+        stitchlib.stitch(b, a, 0, cifar, bn_policy="train", **kw)
+    with pytest.raises(ValueError, match="unknown init"):
+        stitchlib.stitch(b, a, 0, cifar, init="zeros", **kw)
+
+
+def test_stitching_repeats_exactly_with_the_same_seed(cifar, small):
+    a, b = small["a"], small["b"]
+    kw = dict(train=small["train"], test=small["test"], epochs=1, init="random", seed=3, device="cpu")
+    r1 = stitchlib.stitch(b, a, "layer1.1", cifar, **kw)
+    r2 = stitchlib.stitch(b, a, "layer1.1", cifar, **kw)
+    assert (r1.error_init, r1.error) == (r2.error_init, r2.error)
+    s1, s2 = r1.stitched.stitcher.state_dict(), r2.stitched.stitcher.state_dict()
+    assert all(torch.equal(s1[k], s2[k]) for k in s1)

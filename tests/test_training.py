@@ -1,0 +1,52 @@
+import pytest
+import torch
+
+import stitchlib
+from stitchlib import data as D
+from stitchlib.training import Recipe, resolve_device, error_rate, train_model
+
+
+def test_auto_device_is_cuda_only_when_present():
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert resolve_device("auto").type == expected
+    assert resolve_device("cpu").type == "cpu"
+    with pytest.raises(ValueError, match="unknown device 'gpu'"):
+        resolve_device("gpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA device is available"):
+            resolve_device("cuda")
+
+
+def test_training_learns_and_is_reproducible(cifar):
+    train = D.subset(cifar.train, 2048, seed=0)
+    test = D.subset(cifar.test, 1000, seed=0)
+    states, errors = [], []
+    for _ in range(2):
+        m = stitchlib.build_model("resnet18", seed=5, width=0.0625)
+        untrained = error_rate(m, test, cifar.mean, cifar.std, device="cpu")
+        saved = train_model(m, train, cifar.mean, cifar.std, Recipe(epochs=3), seed=5, device="cpu",
+                            checkpoints=(1,))
+        states.append(m.state_dict())
+        errors.append(error_rate(m, test, cifar.mean, cifar.std, device="cpu"))
+        assert sorted(saved) == [1, 3]
+        assert not torch.equal(saved[1]["stages.stem.0.weight"], saved[3]["stages.stem.0.weight"])
+    assert errors[0] == errors[1]
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+    assert untrained > 87 and errors[0] < 85  # 48 steps beat chance (90%) by ~6 standard errors
+
+
+def test_recipe_and_checkpoint_errors(cifar):
+    with pytest.raises(ValueError, match="epochs must be > 0"):
+        Recipe(epochs=0)
+    with pytest.raises(ValueError, match="batch_size"):
+        Recipe(batch_size=0)
+    m = stitchlib.build_model("resnet18", seed=0, width=0.0625)
+    with pytest.raises(ValueError, match=r"checkpoint epochs \[3\] lie outside"):
+        train_model(m, D.subset(cifar.train, 256, seed=0), cifar.mean, cifar.std, Recipe(epochs=2),
+                    checkpoints=(3,), device="cpu")
+
+
+def test_recipe_is_the_papers():
+    r = Recipe()
+    assert (r.lr, r.momentum, r.weight_decay, r.batch_size, r.milestones, r.gamma) == \
+        (0.05, 0.9, 1e-4, 128, (0.5, 0.75), 0.2)
