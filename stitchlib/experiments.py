@@ -141,7 +141,7 @@ def _validate(p: dict) -> None:
 # ---------------------------------------------------------------- cached building blocks
 
 def base_model(s: Setup, *, width: float, seed: int, train_split: data_mod.Split, test_split: data_mod.Split,
-               recipe: Recipe, arch: str | None = None):
+               recipe: Recipe, arch: str | None = None, progress: bool = True):
     """A trained network from the store, trained now if absent. Returns (model, record)."""
     arch = arch or s["arch"]
     ds = s.dataset
@@ -155,7 +155,7 @@ def base_model(s: Setup, *, width: float, seed: int, train_split: data_mod.Split
                             in_channels=config["in_channels"])
         start = time.perf_counter()
         train_model(model, train_split, ds.mean, ds.std, recipe, seed=seed, device=s.device,
-                    desc=f"{arch} w={width} seed={seed}")
+                    desc=f"{arch} w={width} seed={seed}", progress=progress)
         seconds = time.perf_counter() - start
         err = error_rate(model, test_split, ds.mean, ds.std, device=s.device)
         return {"state_dict": {k: v.cpu() for k, v in model.state_dict().items()}, "test_error": err,
@@ -178,18 +178,23 @@ def random_model(s: Setup, *, width: float, seed: int, num_classes: int, arch: s
 
 
 def stitch_all_cuts(s: Setup, bottom, bottom_rec, top, top_rec, *, train_split, test_split, label: str,
-                    top_error: float, **stitch_kw) -> list[dict]:
-    """Stitch `bottom` into `top` at every cut point (cached as one artifact per pair)."""
+                    top_error: float, bar=None, **stitch_kw) -> list[dict]:
+    """Stitch `bottom` into `top` at every cut point (cached as one artifact per pair).
+    `bar`, when given, is a progress bar advanced once per cut."""
     config = dict(bottom=bottom_rec["key"], top=top_rec["key"], data=s.dataset.identity,
                   train_split=list(map(list, train_split.recipe)), test_split=list(map(list, test_split.recipe)),
                   device=s.device.type, **stitch_kw)
 
     def compute():
         rows = []
-        for cut in tqdm(cut_points(top), desc=f"stitch {label}", leave=False):
+        for cut in cut_points(top):
+            if bar is not None:
+                bar.set_postfix_str(f"stitch {label} at {cut.name}")
             res = stitch(bottom, top, cut.index, s.dataset, train=train_split, test=test_split,
-                         top_error=top_error, device=s.device, **stitch_kw)
+                         top_error=top_error, device=s.device, progress=bar is None, **stitch_kw)
             rows.append(dict(cut_index=cut.index, cut=cut.name, error_init=res.error_init, error=res.error))
+            if bar is not None:
+                bar.update()
         return {"rows": rows}
 
     return s.store.cached("stitch", config, compute)["rows"]
@@ -242,25 +247,40 @@ def connectivity(s: Setup) -> Results:
     recipe = Recipe(epochs=float(p["epochs"]))
     stitch_kw = dict(epochs=float(p["stitch_epochs"]), lr=p["stitch_lr"], ls_samples=p["ls_samples"])
     rows, model_rows = [], []
-    for width in tqdm(p["widths"], desc="widths"):
-        trained = [base_model(s, width=width, seed=seed, train_split=train_split, test_split=test_split,
-                              recipe=recipe) for seed in p["seeds"]]
-        top, top_rec = trained[0]
-        for seed, (_, rec) in zip(p["seeds"], trained):
-            model_rows.append(dict(width=width, seed=seed, test_error=rec["test_error"]))
-        bottoms = [(f"seed {seed}", m, rec) for seed, (m, rec) in zip(p["seeds"][1:], trained[1:])]
-        bottoms.append(("random", *random_model(s, width=width, seed=p["random_seed"],
-                                                num_classes=train_split.num_classes)))
-        for label, bottom, bottom_rec in bottoms:
-            stitched = stitch_all_cuts(s, bottom, bottom_rec, top, top_rec, train_split=stitch_split,
-                                       test_split=test_split, label=f"w={width} {label}",
-                                       top_error=top_rec["test_error"], **stitch_kw)
-            cka = cka_all_cuts(s, top, top_rec, bottom, bottom_rec, cka_split, p["cka_estimator"])
-            for row, c in zip(stitched, cka):
-                rows.append(dict(arch=p["arch"], width=width, bottom="random" if label == "random" else "trained",
-                                 pair=label, **row, top_error=top_rec["test_error"],
-                                 penalty_init=row["error_init"] - top_rec["test_error"],
-                                 penalty=row["error"] - top_rec["test_error"], cka=c))
+    n_cuts = len(cut_points(build_model(p["arch"], seed=0, width=p["widths"][0])))
+    n_bottoms = len(p["seeds"])  # the other seeds plus the random network
+    # One bar for the whole experiment, advanced per base model, per stitched cut and per CKA pair;
+    # the inner loops stay quiet so a notebook shows a single line of progress.
+    bar = tqdm(total=len(p["widths"]) * (len(p["seeds"]) + n_bottoms * (n_cuts + 1)), desc="connectivity")
+    with bar:
+        for width in p["widths"]:
+            trained = []
+            for seed in p["seeds"]:
+                bar.set_postfix_str(f"base model w={width} seed={seed}")
+                trained.append(base_model(s, width=width, seed=seed, train_split=train_split,
+                                          test_split=test_split, recipe=recipe, progress=False))
+                bar.update()
+            top, top_rec = trained[0]
+            for seed, (_, rec) in zip(p["seeds"], trained):
+                model_rows.append(dict(width=width, seed=seed, test_error=rec["test_error"]))
+            bottoms = [(f"seed {seed}", m, rec) for seed, (m, rec) in zip(p["seeds"][1:], trained[1:])]
+            bottoms.append(("random", *random_model(s, width=width, seed=p["random_seed"],
+                                                    num_classes=train_split.num_classes)))
+            for label, bottom, bottom_rec in bottoms:
+                done = bar.n
+                stitched = stitch_all_cuts(s, bottom, bottom_rec, top, top_rec, train_split=stitch_split,
+                                           test_split=test_split, label=f"w={width} {label}",
+                                           top_error=top_rec["test_error"], bar=bar, **stitch_kw)
+                bar.update(done + n_cuts - bar.n)  # a cached pair advanced nothing
+                bar.set_postfix_str(f"CKA w={width} {label}")
+                cka = cka_all_cuts(s, top, top_rec, bottom, bottom_rec, cka_split, p["cka_estimator"])
+                bar.update()
+                for row, c in zip(stitched, cka):
+                    rows.append(dict(arch=p["arch"], width=width,
+                                     bottom="random" if label == "random" else "trained", pair=label, **row,
+                                     top_error=top_rec["test_error"],
+                                     penalty_init=row["error_init"] - top_rec["test_error"],
+                                     penalty=row["error"] - top_rec["test_error"], cka=c))
     table = pd.DataFrame(rows)
     write_csv(table, s.figures / "01_connectivity.csv")
     return Results(table, pd.DataFrame(model_rows), s)

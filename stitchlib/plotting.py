@@ -79,9 +79,10 @@ def plot_connectivity(results, folder: Path | None = None, *, caption: str | Non
     fig_a.suptitle("Stitching connectivity (Fig. 2A)" + (f": {caption}" if caption else ""), fontsize=9)
     fig_a.tight_layout()
 
-    fig_c, ax = plt.subplots(figsize=(5.5, 3.8))
+    fig_c, ax = plt.subplots(figsize=(6.5, 3.8))
     sns.lineplot(data=t, y="cka", ax=ax, **kw)
     ax.set_ylim(0, 1.05)
+    sns.move_legend(ax, "upper left", bbox_to_anchor=(1.01, 1), frameon=False)
     ax.set_ylabel("linear CKA(top model, bottom model)")
     ax.set_title("CKA at the same cuts (Fig. 5)" + (f": {caption}" if caption else ""), fontsize=9)
     _cut_axis(ax, t)

@@ -219,6 +219,7 @@ def stitch(
     top_error: float | None = None,
     top_at: int | str | CutPoint | None = None,
     device: str | torch.device = "auto",
+    progress: bool = True,
 ) -> StitchResult:
     """Stitch the bottom of `bottom_model` (B) up to cut `at` into the top of `top_model` (A).
 
@@ -261,28 +262,45 @@ def stitch(
             ls_split = train if len(train) <= ls_samples else _first(train, ls_samples)
             ls_loader = DeviceLoader(ls_split, dataset.mean, dataset.std, batch_size=256, device=device)
             _least_squares_init(stitcher, b_bottom, t_bottom, ls_loader, ridge, device)
-        error_init = error_rate(model, test, dataset.mean, dataset.std, device=device)
+        # The bottom's test activations serve both evaluations: computed once, not twice.
+        test_features = _features(b_bottom, test, dataset, device)
+        error_init = _error_from_features(stitcher, t_top, test_features)
         if epochs > 0:
             _train_stitcher(model, train, dataset, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
-                            device=device, desc=f"stitch {bcut.name}")
-        error = error_rate(model, test, dataset.mean, dataset.std, device=device)
+                            device=device, desc=f"stitch {bcut.name}", progress=progress)
+        error = _error_from_features(stitcher, t_top, test_features)
     config = dict(at=bcut.name, top_at=tcut.name, epochs=epochs, init=init, kernel_size=kernel_size,
                   bn_policy=bn_policy, lr=lr, batch_size=batch_size, ls_samples=ls_samples, ridge=ridge, seed=seed)
     return StitchResult(bcut, top_error, error_init, error, model, config)
+
+
+@torch.no_grad()
+def _features(bottom: nn.Module, split_: Split, dataset: Dataset, device) -> list:
+    loader = DeviceLoader(split_, dataset.mean, dataset.std, batch_size=500, device=device)
+    return [(bottom(as_nhwc(x)), y) for x, y in loader]
+
+
+@torch.no_grad()
+def _error_from_features(stitcher: Stitcher, top: nn.Module, features: list) -> float:
+    """Test error in percent of top(stitcher(h)), both in eval mode, over precomputed h."""
+    stitcher.eval()
+    wrong = sum((top(stitcher(h)).argmax(1) != y).sum().item() for h, y in features)
+    return 100.0 * wrong / sum(len(y) for _, y in features)
 
 
 def _first(split_: Split, n: int) -> Split:
     return Split(split_.images[:n], split_.labels[:n], split_.num_classes, split_.recipe + (("first", n),))
 
 
-def _train_stitcher(model: StitchedModel, train: Split, dataset: Dataset, *, epochs, lr, batch_size, seed, device, desc):
+def _train_stitcher(model: StitchedModel, train: Split, dataset: Dataset, *, epochs, lr, batch_size, seed, device, desc,
+                    progress):
     loader = DeviceLoader(train, dataset.mean, dataset.std, batch_size=batch_size, train=True, device=device, seed=seed)
     total = max(1, math.ceil(epochs * len(loader)))
     opt = torch.optim.Adam(model.stitcher.parameters(), lr=lr, betas=(0.9, 0.999))
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, total)
     model.train()
     step = 0
-    with tqdm(total=total, desc=desc, leave=False) as bar:
+    with tqdm(total=total, desc=desc, leave=False, disable=not progress) as bar:
         while step < total:
             for x, y in loader:
                 loss = nn.functional.cross_entropy(model(as_nhwc(x)), y)

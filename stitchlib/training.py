@@ -74,6 +74,7 @@ def train_model(
     device: str | torch.device = "auto",
     checkpoints: tuple[float, ...] = (),
     desc: str = "train",
+    progress: bool = True,
 ) -> dict[float, dict]:
     """Train `model` in place. Returns {epoch: state_dict} for every epoch listed in
     `checkpoints` (plus the final one), copied to the CPU."""
@@ -94,7 +95,7 @@ def train_model(
     )
     saved: dict[float, dict] = {}
     step = 0
-    with tqdm(total=total, desc=desc, leave=False) as bar:
+    with tqdm(total=total, desc=desc, leave=False, disable=not progress) as bar:
         while step < total:
             for x, y in loader:
                 loss = nn.functional.cross_entropy(model(as_nhwc(x)), y)

@@ -56,12 +56,12 @@ seeds: list = None  # training seeds; the first is the top model A, each other o
 random_seed: int = None  # seed of the untrained random-network control; None: 100
 train_samples: int = None  # training images per base model; None: smoke 10000, paper 50000
 test_samples: int = None  # test images for every error; None: smoke 1000, paper 10000
-epochs: float = None  # base-model epochs (SGD, lr 0.05 x0.2 at 50%/75%); None: smoke 4, paper 164 (= 64K steps)
-stitch_samples: int = None  # training images the stitcher sees (<= train_samples); None: smoke 2000, paper 50000
-stitch_epochs: float = None  # stitcher epochs (Adam, cosine schedule); 0 = least-squares init only; None: smoke 2, paper 10
+epochs: float = None  # base-model epochs (SGD, lr 0.05 x0.2 at 50%/75%); None: smoke 4, paper 164 (64K steps)
+stitch_samples: int = None  # training images the stitcher sees (at most train_samples); None: smoke 2000, paper 50000
+stitch_epochs: float = None  # stitcher epochs (Adam, cosine schedule); 0: least-squares init only; None: smoke 2, paper 10
 stitch_lr: float = None  # stitcher learning rate; None: paper 1e-3 (the paper's), smoke 3e-2 (only 32 steps there)
 ls_samples: int = None  # images for the stitcher's least-squares initialisation; None: smoke 1000, paper 10000
-cka_samples: int = None  # test images for CKA (<= test_samples); None: smoke 500, paper 10000
+cka_samples: int = None  # test images for CKA (at most test_samples); None: smoke 500, paper 10000
 cka_estimator: str = None  # "exact" (biased linear CKA, Kornblith 2019) or "minibatch" (Nguyen 2021); None: smoke exact, paper minibatch
 connected_max_penalty: float = 10.0  # claim (a) holds if no seed-pair penalty exceeds this (points)
 random_late_gap: float = 10.0  # claim (b) holds if, at the later half of the cuts, a random bottom costs this much more on average (points)

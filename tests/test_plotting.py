@@ -1,0 +1,28 @@
+from types import SimpleNamespace
+
+import matplotlib
+
+matplotlib.use("Agg")
+import pandas as pd  # noqa: E402
+
+import stitchlib  # noqa: E402
+
+
+def _results(folder):
+    rows = [dict(width=w, bottom=b, pair=b, cut_index=i, cut=f"c{i}", penalty=i * (3 if b == "random" else 0.5),
+                 penalty_init=i, cka=1 - i / 20)
+            for w in (0.5, 1.0) for b in ("trained", "random") for i in range(4)]
+    setup = SimpleNamespace(figures=folder, profile="smoke", params={"arch": "resnet18"},
+                            dataset=SimpleNamespace(identity={"name": "cifar10", "source": "archive:/x/c.jpeg.tar.gz"}))
+    return SimpleNamespace(table=pd.DataFrame(rows), setup=setup)
+
+
+def test_figures_are_written_and_byte_identical_on_rerun(tmp_path):
+    out = stitchlib.plot_connectivity(_results(tmp_path))
+    names = sorted(p.name for p in out["paths"])
+    assert names == ["fig2a_connectivity.pdf", "fig2a_connectivity.png", "fig5_cka.pdf", "fig5_cka.png"]
+    first = {p.name: p.read_bytes() for p in out["paths"]}
+    again = stitchlib.plot_connectivity(_results(tmp_path))
+    assert {p.name: p.read_bytes() for p in again["paths"]} == first
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary files left
+    assert "CIFAR-10 (JPEG copy)" in out["fig2a"]._suptitle.get_text()
