@@ -34,7 +34,7 @@ PROFILES: dict[str, dict[str, dict]] = {
         "smoke": dict(
             dataset="cifar10", arch="resnet18", widths=[0.0625, 0.125, 0.25], seeds=[0, 1], random_seed=100,
             train_samples=10000, test_samples=1000, epochs=4.0, stitch_samples=2000, stitch_epochs=2.0,
-            stitch_lr=0.03, ls_samples=1000, cka_samples=500, cka_estimator="exact",
+            stitch_lr=0.03, ls_samples=500, cka_samples=500, cka_estimator="exact",
         ),
         "paper": dict(
             dataset="cifar10", arch="resnet18", widths=[0.5, 1.0, 2.0], seeds=[0, 1], random_seed=100,

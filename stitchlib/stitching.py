@@ -208,6 +208,7 @@ def stitch(
     train: Split | None = None,
     test: Split | None = None,
     epochs: float = 1.0,
+    steps: int | None = None,
     init: str = "least_squares",
     kernel_size: int = 1,
     bn_policy: str = "frozen",
@@ -224,7 +225,8 @@ def stitch(
     """Stitch the bottom of `bottom_model` (B) up to cut `at` into the top of `top_model` (A).
 
     Only the stitcher trains: Adam, lr 1e-3, cosine schedule, cross-entropy, crop+flip,
-    for `epochs` passes over `train` (default: the dataset's training split). Errors are
+    for `steps` batches if given, else `epochs` passes over `train` (default: the dataset's
+    training split); 0 keeps the least-squares (or random) initialisation. Errors are
     measured on `test` (default: the dataset's test split). `top_at` picks a different
     cut in A (default: the same as `at`). The models are left unchanged: with
     bn_policy="drift" the stitched model works on copies of them.
@@ -235,6 +237,8 @@ def stitch(
         raise ValueError(f"unknown bn_policy {bn_policy!r}; valid: {BN_POLICIES}")
     if not epochs >= 0:
         raise ValueError(f"epochs must be >= 0, got {epochs!r}")
+    if steps is not None and not (isinstance(steps, int) and steps >= 0):
+        raise ValueError(f"steps must be an int >= 0 or None, got {steps!r}")
     device = resolve_device(device)
     train = dataset.train if train is None else train
     test = dataset.test if test is None else test
@@ -265,12 +269,13 @@ def stitch(
         # The bottom's test activations serve both evaluations: computed once, not twice.
         test_features = _features(b_bottom, test, dataset, device)
         error_init = _error_from_features(stitcher, t_top, test_features)
-        if epochs > 0:
-            _train_stitcher(model, train, dataset, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
-                            device=device, desc=f"stitch {bcut.name}", progress=progress)
+        if (steps if steps is not None else epochs) > 0:
+            _train_stitcher(model, train, dataset, epochs=epochs, steps=steps, lr=lr, batch_size=batch_size,
+                            seed=seed, device=device, desc=f"stitch {bcut.name}", progress=progress)
         error = _error_from_features(stitcher, t_top, test_features)
-    config = dict(at=bcut.name, top_at=tcut.name, epochs=epochs, init=init, kernel_size=kernel_size,
-                  bn_policy=bn_policy, lr=lr, batch_size=batch_size, ls_samples=ls_samples, ridge=ridge, seed=seed)
+    config = dict(at=bcut.name, top_at=tcut.name, epochs=epochs, steps=steps, init=init,
+                  kernel_size=kernel_size, bn_policy=bn_policy, lr=lr, batch_size=batch_size,
+                  ls_samples=ls_samples, ridge=ridge, seed=seed)
     return StitchResult(bcut, top_error, error_init, error, model, config)
 
 
@@ -292,10 +297,10 @@ def _first(split_: Split, n: int) -> Split:
     return Split(split_.images[:n], split_.labels[:n], split_.num_classes, split_.recipe + (("first", n),))
 
 
-def _train_stitcher(model: StitchedModel, train: Split, dataset: Dataset, *, epochs, lr, batch_size, seed, device, desc,
-                    progress):
+def _train_stitcher(model: StitchedModel, train: Split, dataset: Dataset, *, epochs, steps, lr, batch_size, seed,
+                    device, desc, progress):
     loader = DeviceLoader(train, dataset.mean, dataset.std, batch_size=batch_size, train=True, device=device, seed=seed)
-    total = max(1, math.ceil(epochs * len(loader)))
+    total = steps or max(1, math.ceil(epochs * len(loader)))
     opt = torch.optim.Adam(model.stitcher.parameters(), lr=lr, betas=(0.9, 0.999))
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, total)
     model.train()

@@ -43,9 +43,11 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 class Recipe:
     """SGD with momentum 0.9, lr 0.05 dropped by 0.2 at 50% and 75% of the steps, weight
     decay 1e-4, batch 128, random crop (pad 4) + flip: the paper's ResNet recipe.
-    The paper ran 64K steps; `epochs` sets the length here (steps = epochs x batches)."""
+    The paper ran 64K steps; `steps`, when given, sets the length, else `epochs` does
+    (steps = epochs x batches per epoch)."""
 
     epochs: float = 30
+    steps: int | None = None
     lr: float = 0.05
     momentum: float = 0.9
     weight_decay: float = 1e-4
@@ -56,6 +58,8 @@ class Recipe:
     def __post_init__(self):
         if not self.epochs > 0:
             raise ValueError(f"epochs must be > 0, got {self.epochs!r}")
+        if self.steps is not None and not (isinstance(self.steps, int) and self.steps > 0):
+            raise ValueError(f"steps must be a positive int or None, got {self.steps!r}")
         if not (isinstance(self.batch_size, int) and self.batch_size > 0):
             raise ValueError(f"batch_size must be a positive int, got {self.batch_size!r}")
 
@@ -81,12 +85,13 @@ def train_model(
     device = resolve_device(device)
     channels_last(model.to(device)).train()
     loader = DeviceLoader(split, mean, std, batch_size=recipe.batch_size, train=True, device=device, seed=seed)
-    total = max(1, math.ceil(recipe.epochs * len(loader)))
-    bad = [c for c in checkpoints if not 0 < c <= recipe.epochs]
+    total = recipe.steps or max(1, math.ceil(recipe.epochs * len(loader)))
+    length = total / len(loader)
+    bad = [c for c in checkpoints if not 0 < c <= length + 1e-9]
     if bad:
-        raise ValueError(f"checkpoint epochs {bad} lie outside the run's length (0, {recipe.epochs}]")
+        raise ValueError(f"checkpoint epochs {bad} lie outside the run's length (0, {length:g}] epochs")
     wanted = {min(total, max(1, round(c * len(loader)))): c for c in checkpoints}
-    wanted[total] = recipe.epochs
+    wanted[total] = recipe.epochs if recipe.steps is None else length
     opt = torch.optim.SGD(
         model.parameters(), lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay
     )

@@ -124,3 +124,16 @@ def test_stitching_repeats_exactly_with_the_same_seed(cifar, small):
     assert (r1.error_init, r1.error) == (r2.error_init, r2.error)
     s1, s2 = r1.stitched.stitcher.state_dict(), r2.stitched.stitcher.state_dict()
     assert all(torch.equal(s1[k], s2[k]) for k in s1)
+
+
+def test_steps_zero_keeps_the_initialisation_and_steps_train(cifar, small):
+    a, b = small["a"], small["b"]
+    kw = dict(train=small["train"], test=small["test"], epochs=5, device="cpu")
+    kept = stitchlib.stitch(b, a, "layer2.1", cifar, steps=0, **kw)
+    assert kept.error == kept.error_init
+    trained = stitchlib.stitch(b, a, "layer2.1", cifar, steps=3, lr=1e-2, **kw)
+    assert trained.error_init == kept.error_init
+    w_kept, w_trained = kept.stitched.stitcher.linear.weight, trained.stitched.stitcher.linear.weight
+    assert not torch.equal(w_kept, w_trained)
+    with pytest.raises(ValueError, match="steps must be an int >= 0"):
+        stitchlib.stitch(b, a, 0, cifar, steps=-1, **kw)

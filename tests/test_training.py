@@ -50,3 +50,16 @@ def test_recipe_is_the_papers():
     r = Recipe()
     assert (r.lr, r.momentum, r.weight_decay, r.batch_size, r.milestones, r.gamma) == \
         (0.05, 0.9, 1e-4, 128, (0.5, 0.75), 0.2)
+
+
+def test_steps_set_the_length_when_given(cifar):
+    train = D.subset(cifar.train, 512, seed=0)
+    snapshots = []
+    for steps in (1, 2):
+        m = stitchlib.build_model("resnet18", seed=0, width=0.0625)
+        saved = train_model(m, train, cifar.mean, cifar.std, Recipe(epochs=100, steps=steps), device="cpu")
+        assert list(saved) == [steps / 4]  # 512 images = 4 batches of 128 per epoch
+        snapshots.append(m.state_dict()["stages.stem.0.weight"])
+    assert not torch.equal(*snapshots)
+    with pytest.raises(ValueError, match="steps must be a positive int"):
+        Recipe(steps=0)
