@@ -6,7 +6,6 @@ Run (on a machine with a GPU, from the repository root):
 Writes OUT_DIR/gpu_paper_scale.json (updated after every stage, so a time-out keeps what finished).
 """
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -14,7 +13,6 @@ from pathlib import Path
 import torch
 
 import stitchlib
-from stitchlib import data as D
 from stitchlib.experiments import PROFILES
 from stitchlib.models import split
 from stitchlib.training import as_nhwc, channels_last

@@ -18,10 +18,10 @@ import torch
 from tqdm.auto import tqdm
 
 from . import data as data_mod
-from .models import build_model, cut_points, spine
+from .models import ARCHITECTURES, build_model, cut_points, spine
 from .similarity import CKAAccumulator
 from .stitching import stitch
-from .store import Store, frame_to_payload, payload_to_frame
+from .store import Store
 from .training import Recipe, resolve_device, error_rate, train_model
 
 __all__ = ["PROFILES", "Setup", "setup", "connectivity", "check_claims", "summarize"]
@@ -48,8 +48,8 @@ PROFILES: dict[str, dict[str, dict]] = {
 # Types of every parameter, checked before any work starts (papermill injects whatever it is given).
 PARAM_TYPES = dict(
     dataset=str, arch=str, widths=list, seeds=list, random_seed=int, train_samples=int, test_samples=int,
-    epochs=(int, float), stitch_samples=int, stitch_epochs=(int, float), stitch_lr=float, ls_samples=int, cka_samples=int,
-    cka_estimator=str, device=str, profile=str,
+    epochs=(int, float), stitch_samples=int, stitch_epochs=(int, float), stitch_lr=(int, float), ls_samples=int,
+    cka_samples=int, cka_estimator=str, device=str, profile=str,
 )
 
 
@@ -64,7 +64,6 @@ class Setup:
     store: Store
     dataset: data_mod.Dataset
     figures: Path
-    extra: dict = field(default_factory=dict)
 
     def __getitem__(self, key):
         return self.params[key]
@@ -113,16 +112,16 @@ def setup(experiment: str, *, profile: str = "smoke", device: str = "auto", figu
                          "of the test split")
     figures = Path(figures_dir) if figures_dir else REPO_ROOT / "figures" / profile
     figures.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(0)
     return Setup(experiment, profile, resolved, dev, Store(store), dataset, figures)
 
 
 def _validate(p: dict) -> None:
-    if p["arch"] not in ("resnet18",):
-        raise ValueError(f"unknown architecture {p['arch']!r}; valid: ['resnet18']")
+    if p["arch"] not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {p['arch']!r}; valid: {sorted(ARCHITECTURES)}")
     if not p["widths"] or any(isinstance(w, bool) or not isinstance(w, (int, float)) or w <= 0 for w in p["widths"]):
         raise ValueError(f"widths must be a non-empty list of numbers > 0, got {p['widths']!r}")
-    if len(p["seeds"]) < 2 or len(set(p["seeds"])) != len(p["seeds"]):
+    if (len(p["seeds"]) < 2 or len(set(p["seeds"])) != len(p["seeds"])
+            or any(isinstance(x, bool) or not isinstance(x, int) for x in p["seeds"])):
         raise ValueError(f"seeds must list at least two distinct ints (a top and a bottom), got {p['seeds']!r}")
     for key in ("train_samples", "test_samples", "stitch_samples", "ls_samples", "cka_samples"):
         if p[key] <= 0:
@@ -132,8 +131,9 @@ def _validate(p: dict) -> None:
         raise ValueError(f"stitch_samples={p['stitch_samples']} must be <= train_samples={p['train_samples']}")
     if p["cka_samples"] > p["test_samples"]:
         raise ValueError(f"cka_samples={p['cka_samples']} must be <= test_samples={p['test_samples']}")
-    if p["epochs"] <= 0 or p["stitch_epochs"] < 0:
-        raise ValueError("epochs must be > 0 and stitch_epochs >= 0")
+    if p["epochs"] <= 0 or p["stitch_epochs"] < 0 or p["stitch_lr"] <= 0:
+        raise ValueError(f"epochs must be > 0, stitch_epochs >= 0 and stitch_lr > 0; got {p['epochs']!r}, "
+                         f"{p['stitch_epochs']!r}, {p['stitch_lr']!r}")
     if p["cka_estimator"] not in ("exact", "minibatch"):
         raise ValueError(f"unknown cka_estimator {p['cka_estimator']!r}; valid: ['exact', 'minibatch']")
 

@@ -1,4 +1,3 @@
-import warnings
 
 import pandas as pd
 import pytest
@@ -81,6 +80,8 @@ def test_random_control_shares_no_weight_with_trained_networks(tiny):
     (dict(epochs=True), TypeError, "parameter 'epochs' must be int or float"),
     (dict(stitch_samples=20000, train_samples=10000), ValueError, "stitch_samples=20000 must be <= train_samples"),
     (dict(seeds=[0]), ValueError, "at least two distinct"),
+    (dict(seeds=[0, "1"]), ValueError, "at least two distinct ints"),
+    (dict(stitch_lr=0.0), ValueError, "stitch_lr > 0"),
     (dict(cka_estimator="svcca"), ValueError, "unknown cka_estimator"),
     (dict(bogus=1), ValueError, r"unknown parameters \['bogus'\]"),
 ])

@@ -57,8 +57,8 @@ def test_drift_policy_moves_batchnorm_statistics_of_copies_only(cifar, small):
                            bn_policy="drift", device="cpu")
     assert _identical(before_a, a)  # the caller's model is untouched
     top_bn = [m for m in res.stitched.top.modules() if isinstance(m, torch.nn.BatchNorm2d)][0]
-    name = [k for k, m in a.named_modules() if isinstance(m, torch.nn.BatchNorm2d) and k.startswith("stages.layer2_1")][0]
-    original = dict(a.named_modules())[name]
+    bns = [(k, m) for k, m in a.named_modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    original = next(m for k, m in bns if k.startswith("stages.layer2_1"))
     assert not torch.equal(top_bn.running_mean, original.running_mean)  # the statistics drifted
 
 
