@@ -10,7 +10,7 @@ __version__ = "0.1.0"
 
 from .data import load_dataset
 from .experiments import check_claims, connectivity, setup, summarize
-from .models import build_model, cut_points, split
+from .models import build_model, cut_points, define_spine, split
 from .plotting import plot_connectivity
 from .similarity import CKAAccumulator, linear_cka
 from .stitching import stitch
@@ -18,6 +18,6 @@ from .store import Store
 from .training import train_model
 
 __all__ = [
-    "load_dataset", "build_model", "cut_points", "split", "train_model", "stitch", "linear_cka",
+    "load_dataset", "build_model", "cut_points", "split", "define_spine", "train_model", "stitch", "linear_cka",
     "CKAAccumulator", "Store", "setup", "connectivity", "check_claims", "summarize", "plot_connectivity",
 ]

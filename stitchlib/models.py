@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-__all__ = ["CutPoint", "ARCHITECTURES", "build_model", "cut_points", "split", "spine"]
+__all__ = ["CutPoint", "ARCHITECTURES", "build_model", "cut_points", "split", "spine", "define_spine"]
 
 
 @dataclass(frozen=True)
@@ -131,21 +131,168 @@ def build_model(arch: str, *, seed: int, width: float = 1.0, num_classes: int = 
         return ARCHITECTURES[arch](width=width, num_classes=num_classes, in_channels=in_channels)
 
 
+class Call(nn.Module):
+    """A stage that calls a bound method of the wrapped model (e.g. timm's ``_pos_embed``)."""
+
+    def __init__(self, fn, name: str, **kwargs):
+        super().__init__()
+        self.fn, self.name, self.kwargs = fn, name, kwargs
+
+    def forward(self, x):
+        return self.fn(x, **self.kwargs)
+
+    def extra_repr(self) -> str:
+        return self.name
+
+
+class FlattenInto(nn.Module):
+    """Runs `module` on x flattened to (B, -1) when x has more than 2 dims: the reshape a
+    forward() typically does between pooling and the classifier."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, x):
+        return self.module(torch.flatten(x, 1) if x.dim() > 2 else x)
+
+
+@dataclass
+class Spine:
+    """A model as an ordered list of stages; stage i ends at cut point i, the last is the head."""
+
+    stages: list[nn.Module]
+    cuts: list[CutPoint]
+
+
+_SPINE_ATTR = "_stitchlib_spine"
+
+
+def _measure_cuts(model: nn.Module, names: list[str], stages: list[nn.Module], example: torch.Tensor):
+    """Channels, reduction and kind of every cut, read off one eval-mode forward pass."""
+    cuts, h, size = [], example, example.shape[-1]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for i, (name, stage) in enumerate(zip(names, stages[:-1])):
+                h = stage(h)
+                if h.dim() == 4:
+                    cuts.append(CutPoint(i, name, h.shape[1], max(1, round(size / h.shape[-1])), "map"))
+                else:
+                    cuts.append(CutPoint(i, name, h.shape[-1], None, "tokens" if h.dim() == 3 else "vector"))
+    finally:
+        model.train(was_training)
+    return cuts
+
+
+def _torchvision_resnet_spine(model) -> Spine:
+    names, stages = ["stem"], [Segment(model.conv1, model.bn1, model.relu, model.maxpool)]
+    for layer in range(1, 5):
+        for i, block in enumerate(getattr(model, f"layer{layer}")):
+            names.append(f"layer{layer}.{i}")
+            stages.append(block)
+    names.append("pool")
+    stages += [Segment(model.avgpool, nn.Flatten(1)), model.fc]
+    example = torch.zeros(1, model.conv1.in_channels, 64, 64)
+    return Spine(stages, _measure_cuts(model, names, stages, example))
+
+
+def _timm_spine(model) -> Spine:
+    """timm ResNets and ViTs, cut where their own `feature_info` says, plus the pooled features."""
+    family = type(model).__name__
+    info = [f["module"] for f in model.feature_info]
+    if family == "ResNet" and info[:2] == ["act1", "layer1"]:
+        stages = [Segment(model.conv1, model.bn1, model.act1), Segment(model.maxpool, model.layer1)]
+        stages += [getattr(model, m) for m in info[2:]]
+        stages += [Call(model.forward_head, "forward_head", pre_logits=True), model.fc]
+        example = torch.zeros(1, model.conv1.in_channels, 64, 64)
+    elif family == "VisionTransformer":
+        embed = Segment(model.patch_embed, Call(model._pos_embed, "_pos_embed"), model.patch_drop, model.norm_pre)
+        blocks = list(model.blocks)
+        # Bound methods, not closures: a deepcopy of the model then calls its own copy.
+        head_in = Call(model.forward_head, "forward_head", pre_logits=True)
+        stages = [Segment(embed, blocks[0]), *blocks[1:], Segment(model.norm, head_in), model.head]
+        size = model.patch_embed.img_size
+        example = torch.zeros(1, model.patch_embed.proj.in_channels, *size)
+    else:
+        raise TypeError(f"timm {family} has no spine recipe here (timm ResNets and VisionTransformers do); "
+                        "declare its sequential spine with stitchlib.define_spine(model, names, example)")
+    names = info + ["pool"]
+    return Spine(stages, _measure_cuts(model, names, stages, example))
+
+
+def define_spine(model: nn.Module, names: list[str], example: torch.Tensor) -> nn.Module:
+    """Declare that running the submodules `names` in order is `model`'s forward pass.
+
+    Cut points then sit after each of them but the last. `example` is one input batch: the
+    composition must reproduce ``model(example)`` (checked in eval mode), and each cut's
+    shape is measured on it. A flatten is inserted before a Linear stage that receives
+    more than 2 dims, as forward() methods usually do there. Returns `model`, now usable
+    with `cut_points`, `split` and `stitch`.
+    """
+    modules = dict(model.named_modules())
+    unknown = [n for n in names if n not in modules or n == ""]
+    if unknown:
+        shallow = [n for n in modules if n and n.count(".") <= 1]
+        raise ValueError(f"{unknown} are not submodules of {type(model).__name__}; give module names as in "
+                         f"named_modules() (not state_dict keys), e.g. {shallow[:40]}")
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    nested = [(a, b) for a in names for b in names if a != b and b.startswith(a + ".")]
+    if repeated or nested:
+        raise ValueError(f"the spine repeats a module: {repeated or nested} (each module once, none inside another)")
+    covered = {id(p) for n in names for p in modules[n].parameters()}
+    skipped = sorted({k.rsplit(".", 1)[0] for k, p in model.named_parameters() if id(p) not in covered})
+    if skipped:
+        raise ValueError(f"the spine skips modules that hold parameters: {skipped}")
+    stages = [FlattenInto(modules[n]) if isinstance(modules[n], nn.Linear) else modules[n] for n in names]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            want, got = model(example), example
+            for stage in stages:
+                got = stage(got)
+    finally:
+        model.train(was_training)
+    if got.shape != want.shape or not torch.allclose(got, want, rtol=1e-5, atol=1e-6):
+        diff = (got - want).abs().max().item() if got.shape == want.shape else f"shape {tuple(got.shape)}"
+        raise ValueError(f"running {names} in order does not reproduce {type(model).__name__}(x) (difference "
+                         f"{diff}); check the order, and that forward() does nothing else between these modules")
+    model.__dict__[_SPINE_ATTR] = Spine(stages, _measure_cuts(model, names, stages, example))
+    return model
+
+
+def _spine(model: nn.Module) -> Spine:
+    if isinstance(model, SpineModel):
+        return Spine(list(model.stages.values()), model.cut_points())
+    # Kept outside nn.Module's registry (via __dict__) so the state_dict is unchanged.
+    cached = model.__dict__.get(_SPINE_ATTR)
+    if cached is not None:
+        return cached
+    module = type(model).__module__
+    if module.startswith("torchvision.models") and type(model).__name__ == "ResNet":
+        found = _torchvision_resnet_spine(model)
+    elif module.startswith("timm.") and hasattr(model, "feature_info"):
+        found = _timm_spine(model)
+    else:
+        raise TypeError(
+            f"{type(model).__name__} has no cut-point catalogue: stitchlib's models ({sorted(ARCHITECTURES)}), "
+            "torchvision ResNets and timm ResNets/ViTs have one; for any other model declare its sequential "
+            "spine with stitchlib.define_spine(model, names, example)"
+        )
+    model.__dict__[_SPINE_ATTR] = found
+    return found
+
+
 def cut_points(model: nn.Module) -> list[CutPoint]:
     """The ordered cut points of `model`."""
-    if isinstance(model, SpineModel):
-        return model.cut_points()
-    raise TypeError(
-        f"{type(model).__name__} has no cut-point catalogue; stitchlib models ({sorted(ARCHITECTURES)}) do"
-    )
+    return list(_spine(model).cuts)
 
 
 def spine(model: nn.Module) -> list[nn.Module]:
     """The model's stages in order: stage i ends at cut point i; the last one is the head."""
-    if isinstance(model, SpineModel):
-        return list(model.stages.values())
-    cut_points(model)  # raises the informative error
-    raise AssertionError("unreachable")
+    return list(_spine(model).stages)
 
 
 def resolve_cut(model: nn.Module, at: int | str | CutPoint) -> CutPoint:

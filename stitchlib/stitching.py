@@ -21,16 +21,25 @@ from .data import Dataset, DeviceLoader, Split
 from .models import CutPoint, resolve_cut, split
 from .training import as_nhwc, channels_last, resolve_device, error_rate
 
-__all__ = ["Stitcher", "StitchedModel", "StitchResult", "stitch", "BN_POLICIES", "INITS"]
+__all__ = ["Stitcher", "TokenBatchNorm", "StitchedModel", "StitchResult", "stitch", "BN_POLICIES", "INITS"]
 
 BN_POLICIES = ("frozen", "drift")
 INITS = ("least_squares", "random")
 
 
+class TokenBatchNorm(nn.BatchNorm1d):
+    """BatchNorm over the feature dim of (B, N, D) tokens, every token a sample: the
+    normalisation of the conv stitcher (every pixel a sample), adapted to transformers."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.reshape(-1, x.shape[-1])).reshape(x.shape)
+
+
 class Stitcher(nn.Sequential):
     """BatchNorm -> Conv k x k -> BatchNorm for feature maps; BatchNorm1d -> Linear ->
-    BatchNorm1d for pooled vectors (the layers of the paper's original code). The BatchNorms
-    add no capacity; they only help optimisation."""
+    BatchNorm1d for pooled vectors (the layers of the paper's original code); the same
+    token-wise for transformer tokens (B, N, D). The BatchNorms add no capacity; they only
+    help optimisation."""
 
     def __init__(self, c_in: int, c_out: int, *, kind: str = "map", kernel_size: int = 1):
         if kind == "map":
@@ -38,12 +47,13 @@ class Stitcher(nn.Sequential):
                 raise ValueError(f"kernel_size must be a positive odd int (1, 3, 5, ...), got {kernel_size!r}")
             layers = [nn.BatchNorm2d(c_in), nn.Conv2d(c_in, c_out, kernel_size, padding=kernel_size // 2),
                       nn.BatchNorm2d(c_out)]
-        elif kind == "vector":
+        elif kind in ("vector", "tokens"):
             if kernel_size != 1:
-                raise ValueError("a pooled-vector cut takes a linear stitcher: kernel_size must be 1")
-            layers = [nn.BatchNorm1d(c_in), nn.Linear(c_in, c_out), nn.BatchNorm1d(c_out)]
+                raise ValueError(f"a {kind} cut takes a linear stitcher: kernel_size must be 1")
+            norm = nn.BatchNorm1d if kind == "vector" else TokenBatchNorm
+            layers = [norm(c_in), nn.Linear(c_in, c_out), norm(c_out)]
         else:
-            raise ValueError(f"unknown representation kind {kind!r}; valid: 'map', 'vector'")
+            raise ValueError(f"unknown representation kind {kind!r}; valid: 'map', 'vector', 'tokens'")
         super().__init__(*layers)
         self.kind, self.kernel_size = kind, kernel_size
 
@@ -108,21 +118,27 @@ def _check_compatible(bottom_model, top_model, bcut: CutPoint, tcut: CutPoint, x
     t_bottom, _ = split(top_model, tcut)
     with torch.no_grad():
         hb, ht = b_bottom(x[:2]), t_bottom(x[:2])
-    if hb.dim() != ht.dim():
+    if bcut.kind != tcut.kind:
         raise ValueError(
             f"cannot stitch a {bcut.kind} representation (shape {tuple(hb.shape[1:])}) at {bcut.name!r} "
-            f"into a {tcut.kind} one (shape {tuple(ht.shape[1:])}) at {tcut.name!r}"
+            f"into a {tcut.kind} one (shape {tuple(ht.shape[1:])}) at {tcut.name!r}; the stitchers map "
+            "map->map, tokens->tokens and vector->vector"
         )
-    if hb.shape[2:] != ht.shape[2:]:
+    if bcut.kind == "map" and hb.shape[2:] != ht.shape[2:]:
         raise ValueError(
             f"spatial sizes differ at the cut: bottom {tuple(hb.shape[2:])} vs top {tuple(ht.shape[2:])}; "
             "a k x k stitcher with 'same' padding cannot resize"
         )
+    if bcut.kind == "tokens" and hb.shape[1] != ht.shape[1]:
+        raise ValueError(f"token counts differ at the cut: bottom {hb.shape[1]} vs top {ht.shape[1]}; "
+                         "a token-wise stitcher cannot add or drop tokens")
 
 
 def _pixels(h: torch.Tensor) -> torch.Tensor:
-    """Every spatial position is one sample for a 1x1 map: (B, C, H, W) -> (B*H*W, C)."""
-    return h.permute(0, 2, 3, 1).reshape(-1, h.shape[1]) if h.dim() == 4 else h
+    """Every spatial position (or token) is one sample: (B, C, H, W) -> (B*H*W, C), (B, N, D) -> (B*N, D)."""
+    if h.dim() == 4:
+        return h.permute(0, 2, 3, 1).reshape(-1, h.shape[1])
+    return h.reshape(-1, h.shape[-1])
 
 
 @torch.no_grad()
