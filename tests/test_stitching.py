@@ -97,8 +97,11 @@ def test_stitcher_shapes_and_kernel_sizes():
     for bad in (0, 2, -1):
         with pytest.raises(ValueError, match="positive odd"):
             Stitcher(8, 12, kernel_size=bad)
-    with pytest.raises(ValueError, match="unknown representation kind"):
-        Stitcher(8, 12, kind="tokens")
+    assert Stitcher(8, 12, kind="tokens")(torch.randn(4, 5, 8)).shape == (4, 5, 12)
+    with pytest.raises(ValueError, match="unknown representation kind 'graph'"):
+        Stitcher(8, 12, kind="graph")
+    with pytest.raises(ValueError, match="tokens cut takes a linear stitcher"):
+        Stitcher(8, 12, kind="tokens", kernel_size=3)
 
 
 def test_shape_mismatch_and_bad_options_are_refused(cifar, small):
