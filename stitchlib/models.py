@@ -110,16 +110,117 @@ class ResNet18(SpineModel):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
 
+class PreActBottleneck(nn.Module):
+    """BN-ReLU-conv1x1, BN-ReLU-conv3x3, BN-ReLU-conv1x1 with an identity (or projected) shortcut
+    (He et al. 2016, "Identity Mappings in Deep Residual Networks")."""
+
+    expansion = 4
+
+    def __init__(self, c_in: int, width: int, stride: int):
+        super().__init__()
+        c_out = width * self.expansion
+        self.bn1, self.conv1 = nn.BatchNorm2d(c_in), nn.Conv2d(c_in, width, 1, bias=False)
+        self.bn2, self.conv2 = nn.BatchNorm2d(width), nn.Conv2d(width, width, 3, stride, 1, bias=False)
+        self.bn3, self.conv3 = nn.BatchNorm2d(width), nn.Conv2d(width, c_out, 1, bias=False)
+        self.shortcut = None
+        if stride != 1 or c_in != c_out:
+            self.shortcut = nn.Conv2d(c_in, c_out, 1, stride, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pre = torch.relu(self.bn1(x))
+        # The projection reads the pre-activated input, as in the paper's pre-activation design.
+        skip = x if self.shortcut is None else self.shortcut(pre)
+        out = self.conv1(pre)
+        out = self.conv2(torch.relu(self.bn2(out)))
+        out = self.conv3(torch.relu(self.bn3(out)))
+        return out + skip
+
+
+class PreActResNet(SpineModel):
+    """The deep pre-activation bottleneck ResNet of CIFAR (ResNet-164 at depth 164), any
+    depth = 9n + 2: three stages of n bottleneck blocks, 16 x `width` channels at the stem.
+
+    Cut points: after the stem, after every residual block, after the final BN-ReLU and pooling.
+    """
+
+    def __init__(self, depth: int = 164, width: float = 1.0, num_classes: int = 10, in_channels: int = 3):
+        super().__init__()
+        if not (isinstance(depth, int) and depth >= 11 and (depth - 2) % 9 == 0):
+            raise ValueError(f"depth must be 9n + 2 with n >= 1 (11, 20, 29, ..., 164), got {depth!r}")
+        _check_positive("width", width)
+        n = (depth - 2) // 9
+        base = max(1, round(16 * width))
+        stages: dict[str, nn.Module] = {"stem": nn.Conv2d(in_channels, base, 3, 1, 1, bias=False)}
+        cuts = [("stem", base, 1, "map")]
+        c_in = base
+        for stage, (mult, stride) in enumerate([(1, 1), (2, 2), (4, 2)], start=1):
+            for block in range(n):
+                stages[f"stage{stage}.{block}"] = PreActBottleneck(c_in, base * mult, stride if block == 0 else 1)
+                c_in = base * mult * PreActBottleneck.expansion
+                cuts.append((f"stage{stage}.{block}", c_in, 2 ** (stage - 1), "map"))
+        stages["pool"] = nn.Sequential(nn.BatchNorm2d(c_in), nn.ReLU(), GlobalPool())
+        cuts.append(("pool", c_in, None, "vector"))
+        stages["fc"] = nn.Linear(c_in, num_classes)
+        self.depth, self.width = depth, width
+        self.stages = nn.ModuleDict({k.replace(".", "_"): v for k, v in stages.items()})
+        self._cuts = [CutPoint(i, name, c, r, k) for i, (name, c, r, k) in enumerate(cuts)]
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+
+class Scale(nn.Module):
+    def __init__(self, factor: float):
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.factor
+
+    def extra_repr(self) -> str:
+        return f"{self.factor}"
+
+
+class MyrtleCNN(SpineModel):
+    """The Myrtle CNN as the paper describes it (after Page, 2018): four Conv3x3-BatchNorm-ReLU-
+    MaxPool layers of 64, 128, 256, 512 x `width` channels, global max pooling, and a fully
+    connected output layer scaled by 0.125 as in Page's network.
+
+    Cut points: after each of the four layers and after pooling.
+    """
+
+    def __init__(self, width: float = 1.0, num_classes: int = 10, in_channels: int = 3):
+        super().__init__()
+        _check_positive("width", width)
+        stages: dict[str, nn.Module] = {}
+        cuts = []
+        c_in = in_channels
+        for i, mult in enumerate([1, 2, 4, 8], start=1):
+            c_out = max(1, round(64 * width)) * mult
+            stages[f"layer{i}"] = nn.Sequential(nn.Conv2d(c_in, c_out, 3, 1, 1, bias=False), nn.BatchNorm2d(c_out),
+                                                nn.ReLU(), nn.MaxPool2d(2))
+            cuts.append((f"layer{i}", c_out, 2 ** i, "map"))
+            c_in = c_out
+        stages["pool"] = nn.Sequential(nn.AdaptiveMaxPool2d(1), nn.Flatten(1))
+        cuts.append(("pool", c_in, None, "vector"))
+        stages["fc"] = nn.Sequential(nn.Linear(c_in, num_classes, bias=False), Scale(0.125))
+        self.width = width
+        self.stages = nn.ModuleDict(stages)
+        self._cuts = [CutPoint(i, name, c, r, k) for i, (name, c, r, k) in enumerate(cuts)]
+
+
 def _check_positive(name: str, value) -> None:
     if not value > 0:
         raise ValueError(f"{name} must be > 0, got {value!r}")
 
 
-ARCHITECTURES = {"resnet18": ResNet18}
+ARCHITECTURES = {"resnet18": ResNet18, "preact_resnet": PreActResNet, "myrtle": MyrtleCNN}
 
 
-def build_model(arch: str, *, seed: int, width: float = 1.0, num_classes: int = 10, in_channels: int = 3) -> SpineModel:
-    """A freshly initialised network whose weights depend on `seed` alone.
+def build_model(arch: str, *, seed: int, width: float = 1.0, num_classes: int = 10, in_channels: int = 3,
+                **options) -> SpineModel:
+    """A freshly initialised network whose weights depend on `seed` alone. `options` go to the
+    architecture (e.g. ``depth=164`` for "preact_resnet").
 
     The seed drives a private generator state, so building a model never disturbs (or
     depends on) the caller's global random state.
@@ -128,7 +229,7 @@ def build_model(arch: str, *, seed: int, width: float = 1.0, num_classes: int = 
         raise ValueError(f"unknown architecture {arch!r}; valid: {sorted(ARCHITECTURES)}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return ARCHITECTURES[arch](width=width, num_classes=num_classes, in_channels=in_channels)
+        return ARCHITECTURES[arch](width=width, num_classes=num_classes, in_channels=in_channels, **options)
 
 
 class Call(nn.Module):

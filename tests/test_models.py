@@ -77,3 +77,45 @@ def test_build_is_a_function_of_the_seed_and_leaves_global_rng_alone():
     sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
     assert not torch.equal(sa["stages.stem.0.weight"], sc["stages.stem.0.weight"])
+
+
+@pytest.mark.parametrize("depth", [11, 20])
+def test_preact_resnet_family_catalogue_and_exact_split(depth):
+    n = (depth - 2) // 9
+    model = build_model("preact_resnet", seed=0, width=0.5, depth=depth).eval()
+    cuts = cut_points(model)
+    names = ["stem"] + [f"stage{s}.{b}" for s in (1, 2, 3) for b in range(n)] + ["pool"]
+    assert [c.name for c in cuts] == names
+    assert [c.channels for c in cuts][1:] == [32] * n + [64] * n + [128] * n + [128]
+    assert [c.reduction for c in cuts][1:-1] == [1] * n + [2] * n + [4] * n
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        full = model(x)
+        for cut in cuts:
+            bottom, top = split(model, cut.index)
+            assert torch.equal(top(bottom(x)), full), cut.name
+
+
+def test_resnet164_is_the_papers_size():
+    model = build_model("preact_resnet", seed=0, depth=164)
+    assert len(cut_points(model)) == 1 + 54 + 1
+    assert 1.6e6 < sum(p.numel() for p in model.parameters()) < 1.8e6  # 1.7M in He et al. (2016)
+
+
+@pytest.mark.parametrize("depth", [12, 2, 165, "164"])
+def test_preact_depth_must_be_9n_plus_2(depth):
+    with pytest.raises(ValueError, match=r"depth must be 9n \+ 2"):
+        build_model("preact_resnet", seed=0, depth=depth)
+
+
+def test_myrtle_cnn_catalogue_and_exact_split():
+    model = build_model("myrtle", seed=0, width=0.25).eval()
+    cuts = cut_points(model)
+    assert [(c.name, c.channels, c.reduction) for c in cuts] == [
+        ("layer1", 16, 2), ("layer2", 32, 4), ("layer3", 64, 8), ("layer4", 128, 16), ("pool", 128, None)]
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        full = model(x)
+        for cut in cuts:
+            bottom, top = split(model, cut.index)
+            assert torch.equal(top(bottom(x)), full), cut.name
