@@ -15,11 +15,10 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from .data import Dataset, DeviceLoader, Split
 from .models import CutPoint, resolve_cut, split
-from .training import as_nhwc, channels_last, resolve_device, error_rate
+from .training import as_nhwc, channels_last, error_rate, resolve_device, run_steps
 
 __all__ = ["Stitcher", "TokenBatchNorm", "StitchedModel", "StitchResult", "stitch", "BN_POLICIES", "INITS"]
 
@@ -320,17 +319,5 @@ def _train_stitcher(model: StitchedModel, train: Split, dataset: Dataset, *, epo
     opt = torch.optim.Adam(model.stitcher.parameters(), lr=lr, betas=(0.9, 0.999))
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, total)
     model.train()
-    step = 0
-    with tqdm(total=total, desc=desc, leave=False, disable=not progress) as bar:
-        while step < total:
-            for x, y in loader:
-                loss = nn.functional.cross_entropy(model(as_nhwc(x)), y)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                step += 1
-                bar.update()
-                if step >= total:
-                    break
+    run_steps(model, loader, opt, sched, total, desc=desc, progress=progress)
     model.eval()

@@ -99,6 +99,19 @@ def train_model(
         opt, [round(m * total) for m in recipe.milestones], gamma=recipe.gamma
     )
     saved: dict[float, dict] = {}
+
+    def checkpoint(step: int) -> None:
+        if step in wanted:
+            saved[wanted[step]] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+    run_steps(model, loader, opt, sched, total, desc=desc, progress=progress, after_step=checkpoint)
+    model.eval()
+    return saved
+
+
+def run_steps(model: nn.Module, loader: DeviceLoader, opt, sched, total: int, *, desc: str, progress: bool,
+              after_step=None) -> None:
+    """`total` cross-entropy steps over `loader`, as many epochs as that takes."""
     step = 0
     with tqdm(total=total, desc=desc, leave=False, disable=not progress) as bar:
         while step < total:
@@ -110,12 +123,10 @@ def train_model(
                 sched.step()
                 step += 1
                 bar.update()
-                if step in wanted:
-                    saved[wanted[step]] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+                if after_step is not None:
+                    after_step(step)
                 if step >= total:
-                    break
-    model.eval()
-    return saved
+                    return
 
 
 @torch.no_grad()
