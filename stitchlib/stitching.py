@@ -243,8 +243,9 @@ def stitch(
     for `steps` batches if given, else `epochs` passes over `train` (default: the dataset's
     training split); 0 keeps the least-squares (or random) initialisation. Errors are
     measured on `test` (default: the dataset's test split). `top_at` picks a different
-    cut in A (default: the same as `at`). The models are left unchanged: with
-    bn_policy="drift" the stitched model works on copies of them.
+    cut in A (default: the same as `at`). The models' weights and statistics are left
+    unchanged (they are moved to `device`, in channels-last layout, and put in eval mode);
+    with bn_policy="drift" the stitched model works on copies of them.
     """
     if init not in INITS:
         raise ValueError(f"unknown init {init!r}; valid: {INITS}")
@@ -287,6 +288,9 @@ def stitch(
         if (steps if steps is not None else epochs) > 0:
             _train_stitcher(model, train, dataset, epochs=epochs, steps=steps, lr=lr, batch_size=batch_size,
                             seed=seed, device=device, desc=f"stitch {bcut.name}", progress=progress)
+        if bn_policy == "drift":
+            # The bottom's BatchNorm statistics moved during training: its activations must be recomputed.
+            test_features = _features(b_bottom, test, dataset, device)
         error = _error_from_features(stitcher, t_top, test_features)
     config = dict(at=bcut.name, top_at=tcut.name, epochs=epochs, steps=steps, init=init,
                   kernel_size=kernel_size, bn_policy=bn_policy, lr=lr, batch_size=batch_size,

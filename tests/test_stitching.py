@@ -140,3 +140,11 @@ def test_steps_zero_keeps_the_initialisation_and_steps_train(cifar, small):
     assert not torch.equal(w_kept, w_trained)
     with pytest.raises(ValueError, match="steps must be an int >= 0"):
         stitchlib.stitch(b, a, 0, cifar, steps=-1, **kw)
+
+
+def test_drift_is_measured_with_the_drifted_bottom(cifar, small):
+    a, b = small["a"], small["b"]
+    res = stitchlib.stitch(b, a, "layer1.0", cifar, train=small["train"], test=small["test"], epochs=1,
+                           bn_policy="drift", device="cpu")
+    # Re-evaluating the returned stitched model (its drifted bottom included) gives the reported error.
+    assert error_rate(res.stitched, small["test"], cifar.mean, cifar.std, device="cpu") == res.error
