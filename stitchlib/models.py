@@ -214,7 +214,23 @@ def _check_positive(name: str, value) -> None:
         raise ValueError(f"{name} must be > 0, got {value!r}")
 
 
-ARCHITECTURES = {"resnet18": ResNet18, "preact_resnet": PreActResNet, "myrtle": MyrtleCNN}
+def vit(width: float = 1.0, num_classes: int = 10, in_channels: int = 3, depth: int = 12, img_size: int = 32,
+        patch_size: int = 4) -> nn.Module:
+    """timm's Vision Transformer adapted to CIFAR: 32 x 32 inputs, patch 4 (64 tokens + class
+    token). At width 1: embed dim 768, 12 heads, depth 12 (the paper's). The embed dim scales
+    with `width` in steps of one 64-dim head. Cut between transformer blocks."""
+    import timm
+
+    _check_positive("width", width)
+    if not (isinstance(depth, int) and depth >= 2):
+        raise ValueError(f"depth must be an int >= 2 (a cut needs a block on each side), got {depth!r}")
+    heads = max(1, round(12 * width))
+    return timm.models.VisionTransformer(img_size=img_size, patch_size=patch_size, in_chans=in_channels,
+                                         num_classes=num_classes, embed_dim=64 * heads, depth=depth,
+                                         num_heads=heads)
+
+
+ARCHITECTURES = {"resnet18": ResNet18, "preact_resnet": PreActResNet, "myrtle": MyrtleCNN, "vit": vit}
 
 
 def build_model(arch: str, *, seed: int, width: float = 1.0, num_classes: int = 10, in_channels: int = 3,

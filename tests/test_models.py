@@ -117,3 +117,16 @@ def test_myrtle_cnn_catalogue_and_exact_split():
     assert [(c.name, c.channels, c.reduction) for c in cuts] == [
         ("layer1", 16, 2), ("layer2", 32, 4), ("layer3", 64, 8), ("layer4", 128, 16), ("pool", 128, None)]
     _assert_recomposes(model, cuts, torch.randn(3, 3, 32, 32))
+
+
+def test_vit_is_timms_adapted_to_cifar_and_cut_between_blocks():
+    model = build_model("vit", seed=0, width=1 / 12, depth=3).eval()
+    cuts = cut_points(model)
+    assert [(c.name, c.channels, c.kind) for c in cuts] == [
+        ("blocks.0", 64, "tokens"), ("blocks.1", 64, "tokens"), ("blocks.2", 64, "tokens"), ("pool", 64, "vector")]
+    assert model.patch_embed.patch_size == (4, 4) and model.patch_embed.img_size == (32, 32)
+    paper = build_model("vit", seed=0)
+    assert (paper.embed_dim, len(paper.blocks), paper.blocks[0].attn.num_heads) == (768, 12, 12)
+    _assert_recomposes(model, cuts, torch.randn(2, 3, 32, 32))
+    with pytest.raises(ValueError, match="depth must be an int >= 2"):
+        build_model("vit", seed=0, depth=1)

@@ -63,3 +63,36 @@ def test_steps_set_the_length_when_given(cifar):
     assert not torch.equal(*snapshots)
     with pytest.raises(ValueError, match="steps must be a positive int"):
         Recipe(steps=0)
+
+
+def test_each_architecture_has_its_papers_recipe():
+    from stitchlib.models import ARCHITECTURES
+    from stitchlib.training import RECIPES
+
+    assert set(RECIPES) == set(ARCHITECTURES)
+    assert RECIPES["resnet18"] == RECIPES["preact_resnet"] == Recipe()
+    assert (RECIPES["myrtle"].lr, RECIPES["myrtle"].schedule) == (1.0, "constant")
+    assert RECIPES["vit"].optimizer == "adamw" and RECIPES["vit"].schedule == "cosine"
+    with pytest.raises(ValueError, match="unknown optimizer 'adam'"):
+        Recipe(optimizer="adam")
+    with pytest.raises(ValueError, match="unknown schedule 'linear'"):
+        Recipe(schedule="linear")
+
+
+@pytest.mark.parametrize("schedule,expected", [("step", [0.05, 0.05, 0.01, 0.002]),
+                                               ("constant", [0.05] * 4)])
+def test_learning_rate_schedules(schedule, expected):
+    model = torch.nn.Linear(2, 2)
+    opt, sched = Recipe(schedule=schedule).build(model, total=4)
+    seen = []
+    for _ in range(4):
+        seen.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert seen == pytest.approx(expected)
+    opt, sched = Recipe(optimizer="adamw", schedule="cosine", lr=1.0).build(model, total=4)
+    assert isinstance(opt, torch.optim.AdamW)
+    for _ in range(4):
+        opt.step()
+        sched.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
