@@ -8,6 +8,7 @@ version, so re-running a notebook with the same parameters loads instead of trai
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from .models import ARCHITECTURES, build_model, cut_points, spine
 from .similarity import CKAAccumulator
 from .stitching import stitch
 from .store import Store
-from .training import Recipe, resolve_device, error_rate, train_model
+from .training import RECIPES, Recipe, error_rate, resolve_device, train_model
 
 __all__ = ["PROFILES", "Setup", "setup", "connectivity", "check_claims", "summarize"]
 
@@ -35,12 +36,20 @@ PROFILES: dict[str, dict[str, dict]] = {
             dataset="cifar10", arch="resnet18", widths=[0.0625, 0.125, 0.25], seeds=[0, 1], random_seed=100,
             train_samples=10000, test_samples=1000, epochs=4.0, stitch_samples=2000, stitch_epochs=2.0,
             stitch_lr=0.03, ls_samples=500, cka_samples=500, cka_estimator="exact",
+            architectures={"preact_resnet": {"width": 0.5, "depth": 11}, "myrtle": {"width": 0.25},
+                           "vit": {"width": 0.0833, "depth": 4}},
+            disjoint=True,
         ),
         "paper": dict(
             dataset="cifar10", arch="resnet18", widths=[0.5, 1.0, 2.0], seeds=[0, 1], random_seed=100,
             # 64K steps of batch 128 on 50K images = 164 epochs (Appendix A.2).
             train_samples=50000, test_samples=10000, epochs=164.0, stitch_samples=50000, stitch_epochs=10.0,
             stitch_lr=0.001, ls_samples=10000, cka_samples=10000, cka_estimator="minibatch",
+            # ResNet-164; the Myrtle CNN for 80K steps (205 epochs); the paper's ViT (trained on
+            # CIFAR-5m there, on CIFAR-10 here).
+            architectures={"preact_resnet": {"width": 1.0, "depth": 164}, "myrtle": {"width": 1.0, "epochs": 205.0},
+                           "vit": {"width": 1.0, "depth": 12}},
+            disjoint=True,
         ),
     }
 }
@@ -49,7 +58,7 @@ PROFILES: dict[str, dict[str, dict]] = {
 PARAM_TYPES = dict(
     dataset=str, arch=str, widths=list, seeds=list, random_seed=int, train_samples=int, test_samples=int,
     epochs=(int, float), stitch_samples=int, stitch_epochs=(int, float), stitch_lr=(int, float), ls_samples=int,
-    cka_samples=int, cka_estimator=str, device=str, profile=str,
+    cka_samples=int, cka_estimator=str, device=str, profile=str, architectures=dict, disjoint=bool,
 )
 
 
@@ -98,7 +107,7 @@ def setup(experiment: str, *, profile: str = "smoke", device: str = "auto", figu
     resolved.update({k: v for k, v in params.items() if v is not None})
     for name, value in {**resolved, "device": device, "profile": profile}.items():
         expected = PARAM_TYPES[name]
-        if isinstance(value, bool) or not isinstance(value, expected):
+        if (isinstance(value, bool) and expected is not bool) or not isinstance(value, expected):
             names = " or ".join(t.__name__ for t in (expected if isinstance(expected, tuple) else (expected,)))
             raise TypeError(f"parameter {name!r} must be {names}, got {type(value).__name__} {value!r}")
     _validate(resolved)
@@ -134,6 +143,13 @@ def _validate(p: dict) -> None:
     if p["epochs"] <= 0 or p["stitch_epochs"] < 0 or p["stitch_lr"] <= 0:
         raise ValueError(f"epochs must be > 0, stitch_epochs >= 0 and stitch_lr > 0; got {p['epochs']!r}, "
                          f"{p['stitch_epochs']!r}, {p['stitch_lr']!r}")
+    for arch, opts in p["architectures"].items():
+        if arch not in ARCHITECTURES:
+            raise ValueError(f"unknown architecture {arch!r} in architectures; valid: {sorted(ARCHITECTURES)}")
+        if not isinstance(opts, dict) or set(opts) - {"width", "depth", "epochs"}:
+            raise ValueError(f"architectures[{arch!r}] must be a dict of width, depth and epochs, got {opts!r}")
+        options = {k: v for k, v in opts.items() if k != "epochs"}
+        build_model(arch, seed=0, **options)  # a bad depth or width fails here, before any training
     if p["cka_estimator"] not in ("exact", "minibatch"):
         raise ValueError(f"unknown cka_estimator {p['cka_estimator']!r}; valid: ['exact', 'minibatch']")
 
@@ -141,18 +157,20 @@ def _validate(p: dict) -> None:
 # ---------------------------------------------------------------- cached building blocks
 
 def base_model(s: Setup, *, width: float, seed: int, train_split: data_mod.Split, test_split: data_mod.Split,
-               recipe: Recipe, arch: str | None = None, progress: bool = True):
-    """A trained network from the store, trained now if absent. Returns (model, record)."""
+               recipe: Recipe, arch: str | None = None, options: dict | None = None, progress: bool = True):
+    """A trained network from the store, trained now if absent. Returns (model, record).
+    `options` go to the architecture (e.g. depth)."""
     arch = arch or s["arch"]
+    options = options or {}
     ds = s.dataset
-    config = dict(arch=arch, width=width, seed=seed, num_classes=train_split.num_classes,
+    config = dict(arch=arch, width=width, options=options, seed=seed, num_classes=train_split.num_classes,
                   in_channels=ds.train.images.shape[1], recipe=recipe.as_config(), data=ds.identity,
                   train_split=list(map(list, train_split.recipe)), test_split=list(map(list, test_split.recipe)),
                   device=s.device.type)
 
     def compute():
         model = build_model(arch, seed=seed, width=width, num_classes=train_split.num_classes,
-                            in_channels=config["in_channels"])
+                            in_channels=config["in_channels"], **options)
         start = time.perf_counter()
         train_model(model, train_split, ds.mean, ds.std, recipe, seed=seed, device=s.device,
                     desc=f"{arch} w={width} seed={seed}", progress=progress)
@@ -163,18 +181,21 @@ def base_model(s: Setup, *, width: float, seed: int, train_split: data_mod.Split
 
     record = s.store.cached("model", config, compute)
     model = build_model(arch, seed=seed, width=width, num_classes=train_split.num_classes,
-                        in_channels=config["in_channels"])
+                        in_channels=config["in_channels"], **options)
     model.load_state_dict(record["state_dict"])
     model.to(s.device).eval()
     return model, {"key": s.store.key("model", config), "test_error": record["test_error"]}
 
 
-def random_model(s: Setup, *, width: float, seed: int, num_classes: int, arch: str | None = None):
+def random_model(s: Setup, *, width: float, seed: int, num_classes: int, arch: str | None = None,
+                 options: dict | None = None):
     """The random control: a freshly built, untrained network from its own seed."""
     arch = arch or s["arch"]
+    options = options or {}
     model = build_model(arch, seed=seed, width=width, num_classes=num_classes,
-                        in_channels=s.dataset.train.images.shape[1])
-    return model.to(s.device).eval(), {"key": f"random:{arch}:{width}:{seed}"}
+                        in_channels=s.dataset.train.images.shape[1], **options)
+    key = f"random:{arch}:{width}:{seed}:" + ",".join(f"{k}={v}" for k, v in sorted(options.items()))
+    return model.to(s.device).eval(), {"key": key}
 
 
 def stitch_all_cuts(s: Setup, bottom, bottom_rec, top, top_rec, *, train_split, test_split, label: str,
@@ -225,6 +246,15 @@ def cka_all_cuts(s: Setup, model_a, rec_a, model_b, rec_b, images: data_mod.Spli
 
 # ---------------------------------------------------------------- 01: stitching connectivity
 
+FAMILY_NAMES = {"resnet18": "ResNet-18", "myrtle": "Myrtle CNN", "vit": "ViT"}
+
+
+def family_name(arch: str, options: dict) -> str:
+    if arch == "preact_resnet":
+        return f"ResNet-{options.get('depth', 164)}"
+    return FAMILY_NAMES.get(arch, arch)
+
+
 @dataclass
 class Results:
     table: pd.DataFrame
@@ -232,51 +262,87 @@ class Results:
     setup: Setup = field(repr=False)
 
 
-def connectivity(s: Setup) -> Results:
-    """Fig. 2A (stitching connectivity) and Fig. 5 (CKA) for ResNet-18 at several widths.
+@dataclass
+class _Family:
+    """One panel of Fig. 2A: an architecture, the splits its two seeds train on, and whether a
+    random network is stitched in as the control."""
 
-    For each width: seed[0] is the top A; each other seed and a freshly built random
-    network are stitched into it at every cut point, and CKA(A, bottom) is computed at
-    every cut. Returns one tidy row per (width, bottom, cut).
+    family: str
+    arch: str
+    width: float
+    options: dict
+    epochs: float
+    panel: str
+    train_splits: list
+    with_random: bool = True
+
+
+def _families(s: Setup, train_split) -> list[_Family]:
+    p = s.params
+    out = [_Family("ResNet-18", p["arch"], w, {}, p["epochs"], "seeds", [train_split] * len(p["seeds"]))
+           for w in p["widths"]]
+    for arch, opts in p["architectures"].items():
+        opts = dict(opts)
+        width, epochs = opts.pop("width", 1.0), opts.pop("epochs", p["epochs"])
+        out.append(_Family(family_name(arch, opts), arch, width, opts, epochs, "seeds",
+                           [train_split] * len(p["seeds"])))
+    if p["disjoint"]:
+        # Section 4: "a similar result holds for networks trained on disjoint train sets".
+        halves = data_mod.disjoint_subsets(train_split, [len(train_split) // 2] * 2, seed=3)
+        width = p["widths"][len(p["widths"]) // 2]
+        out.append(_Family("ResNet-18, disjoint halves", p["arch"], width, {}, p["epochs"], "disjoint",
+                           [halves[i % 2] for i in range(len(p["seeds"]))], with_random=False))
+    return out
+
+
+def connectivity(s: Setup) -> Results:
+    """Fig. 2A (stitching connectivity) and Fig. 5 (CKA): ResNet-18 at several widths, the other
+    architectures in `architectures`, and (if `disjoint`) two ResNet-18s trained on disjoint
+    halves of the training subset.
+
+    In each panel seed[0] is the top A; each other seed (and, except for the disjoint panel, a
+    freshly built random network) is stitched into it at every cut point, and CKA(A, bottom) is
+    computed at every cut. Returns one tidy row per (panel, bottom, cut).
     """
     p, ds = s.params, s.dataset
     train_split = data_mod.subset(ds.train, p["train_samples"], seed=0)
     test_split = data_mod.subset(ds.test, p["test_samples"], seed=0)
-    stitch_split = data_mod.subset(train_split, p["stitch_samples"], seed=1)
     cka_split = data_mod.subset(test_split, p["cka_samples"], seed=2)
-    recipe = Recipe(epochs=float(p["epochs"]))
     stitch_kw = dict(epochs=float(p["stitch_epochs"]), lr=p["stitch_lr"], ls_samples=p["ls_samples"])
+    families = _families(s, train_split)
+    n_cuts = {id(f): len(cut_points(build_model(f.arch, seed=0, width=f.width, **f.options))) for f in families}
+    total = sum(len(p["seeds"]) + (len(p["seeds"]) - 1 + f.with_random) * (n_cuts[id(f)] + 1) for f in families)
     rows, model_rows = [], []
-    n_cuts = len(cut_points(build_model(p["arch"], seed=0, width=p["widths"][0])))
-    n_bottoms = len(p["seeds"])  # the other seeds plus the random network
     # One bar for the whole experiment, advanced per base model, per stitched cut and per CKA pair;
     # the inner loops stay quiet so a notebook shows a single line of progress.
-    bar = tqdm(total=len(p["widths"]) * (len(p["seeds"]) + n_bottoms * (n_cuts + 1)), desc="connectivity")
-    with bar:
-        for width in p["widths"]:
+    with tqdm(total=total, desc="connectivity") as bar:
+        for f in families:
+            recipe = dataclasses.replace(RECIPES[f.arch], epochs=float(f.epochs))
             trained = []
-            for seed in p["seeds"]:
-                bar.set_postfix_str(f"base model w={width} seed={seed}")
-                trained.append(base_model(s, width=width, seed=seed, train_split=train_split,
-                                          test_split=test_split, recipe=recipe, progress=False))
+            for seed, split in zip(p["seeds"], f.train_splits):
+                bar.set_postfix_str(f"{f.family} w={f.width} seed={seed}")
+                trained.append(base_model(s, arch=f.arch, width=f.width, seed=seed, options=f.options,
+                                          train_split=split, test_split=test_split, recipe=recipe, progress=False))
                 bar.update()
             top, top_rec = trained[0]
             for seed, (_, rec) in zip(p["seeds"], trained):
-                model_rows.append(dict(width=width, seed=seed, test_error=rec["test_error"]))
+                model_rows.append(dict(family=f.family, width=f.width, seed=seed, test_error=rec["test_error"]))
+            stitch_split = data_mod.subset(f.train_splits[0], p["stitch_samples"], seed=1)
             bottoms = [(f"seed {seed}", m, rec) for seed, (m, rec) in zip(p["seeds"][1:], trained[1:])]
-            bottoms.append(("random", *random_model(s, width=width, seed=p["random_seed"],
-                                                    num_classes=train_split.num_classes)))
+            if f.with_random:
+                bottoms.append(("random", *random_model(s, arch=f.arch, width=f.width, seed=p["random_seed"],
+                                                        options=f.options, num_classes=train_split.num_classes)))
             for label, bottom, bottom_rec in bottoms:
                 done = bar.n
                 stitched = stitch_all_cuts(s, bottom, bottom_rec, top, top_rec, train_split=stitch_split,
-                                           test_split=test_split, label=f"w={width} {label}",
+                                           test_split=test_split, label=f"{f.family} w={f.width} {label}",
                                            top_error=top_rec["test_error"], bar=bar, **stitch_kw)
-                bar.update(done + n_cuts - bar.n)  # a cached pair advanced nothing
-                bar.set_postfix_str(f"CKA w={width} {label}")
+                bar.update(done + n_cuts[id(f)] - bar.n)  # a cached pair advanced nothing
+                bar.set_postfix_str(f"CKA {f.family} w={f.width} {label}")
                 cka = cka_all_cuts(s, top, top_rec, bottom, bottom_rec, cka_split, p["cka_estimator"])
                 bar.update()
                 for row, c in zip(stitched, cka):
-                    rows.append(dict(arch=p["arch"], width=width,
+                    rows.append(dict(family=f.family, arch=f.arch, width=f.width, panel=f.panel,
                                      bottom="random" if label == "random" else "trained", pair=label, **row,
                                      top_error=top_rec["test_error"],
                                      penalty_init=row["error_init"] - top_rec["test_error"],
@@ -298,26 +364,29 @@ def write_csv(frame: pd.DataFrame, path: Path) -> Path:
 # ---------------------------------------------------------------- claims
 
 def check_claims(results: Results, **thresholds: float) -> pd.DataFrame:
-    """The paper's claims for `results`, one row each: claim, statistic, threshold, verdict."""
+    """The paper's claims for every panel of `results`, one row each: claim, model, statistic,
+    threshold, verdict. ResNet-18's widths count as one panel (the statistic is the worst width)."""
     t = results.table
-    n_cuts = t["cut_index"].max() + 1
-    late = t["cut_index"] >= n_cuts // 2
-    trained, random = t[t["bottom"] == "trained"], t[t["bottom"] == "random"]
     rows = []
-    worst_pair = trained["penalty"].max()
-    rows.append(("(a) two seeds are stitching-connected: max penalty over cuts and widths (points)",
-                 worst_pair, f"<= {thresholds['connected_max_penalty']}",
-                 worst_pair <= thresholds["connected_max_penalty"]))
-    late_random, late_trained = random[late[random.index]], trained[late[trained.index]]
-    gap = min(late_random[late_random["width"] == w]["penalty"].mean()
-              - late_trained[late_trained["width"] == w]["penalty"].mean() for w in t["width"].unique())
-    rows.append(("(b) a random bottom is far worse at the later cuts: min over widths of mean penalty gap (points)",
-                 gap, f">= {thresholds['random_late_gap']}", gap >= thresholds["random_late_gap"]))
-    early = max(random[(random["cut_index"] == 0) & (random["width"] == w)]["penalty"].iloc[0]
-                for w in t["width"].unique())
-    rows.append(("(c) the first cut of a random bottom is cheap: max over widths of its penalty (points)",
-                 early, f"<= {thresholds['random_early_max']}", early <= thresholds["random_early_max"]))
-    return pd.DataFrame(rows, columns=["claim", "statistic", "threshold", "holds"])
+    for family in t["family"].unique():
+        f = t[t["family"] == family]
+        n_cuts = f["cut_index"].max() + 1
+        late = f[f["cut_index"] >= n_cuts // 2]
+        trained, random = f[f["bottom"] == "trained"], f[f["bottom"] == "random"]
+        worst = trained["penalty"].max()
+        rows.append(("(a) two seeds are stitching-connected: max penalty over cuts (points)", family,
+                     worst, f"<= {thresholds['connected_max_penalty']}", worst <= thresholds["connected_max_penalty"]))
+        if random.empty:
+            continue
+        gap = min(late[(late["bottom"] == "random") & (late["width"] == w)]["penalty"].mean()
+                  - late[(late["bottom"] == "trained") & (late["width"] == w)]["penalty"].mean()
+                  for w in f["width"].unique())
+        rows.append(("(b) a random bottom is far worse at the later cuts: mean penalty gap (points)", family,
+                     gap, f">= {thresholds['random_late_gap']}", gap >= thresholds["random_late_gap"]))
+        early = random[random["cut_index"] == 0]["penalty"].max()
+        rows.append(("(c) the first cut of a random bottom is cheap: its penalty (points)", family,
+                     early, f"<= {thresholds['random_early_max']}", early <= thresholds["random_early_max"]))
+    return pd.DataFrame(rows, columns=["claim", "model", "statistic", "threshold", "holds"])
 
 
 def summarize(results: Results, claims: pd.DataFrame) -> None:
@@ -327,7 +396,8 @@ def summarize(results: Results, claims: pd.DataFrame) -> None:
         print(results.models.to_string(index=False))
         print("\nclaims:")
         print(claims.to_string(index=False))
-        pivot = results.table.pivot_table(index=["cut_index", "cut"], columns=["width", "bottom"],
-                                          values=["penalty"], sort=False)
-        print("\nstitching penalty after training (points):")
-        print(pivot.round(2).to_string())
+        for family, f in results.table.groupby("family", sort=False):
+            pivot = f.pivot_table(index=["cut_index", "cut"], columns=["width", "bottom"], values="penalty",
+                                  sort=False)
+            print(f"\n{family}: stitching penalty after training (points):")
+            print(pivot.round(2).to_string())

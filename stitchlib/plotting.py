@@ -44,7 +44,9 @@ def data_caption(setup) -> str:
     name = {"cifar10": "CIFAR-10", "fashion_mnist": "Fashion-MNIST"}.get(ident["name"], ident["name"])
     if "jpeg" in ident["source"].lower():
         name += " (JPEG copy)"
-    return f"{name}, {setup.params.get('arch', '')} [{setup.profile}]"
+    if "vit" in setup.params.get("architectures", {}):
+        name += "; the ViT is trained on it, not on CIFAR-5m as in the paper"
+    return f"{name} [{setup.profile}]"
 
 
 def _cut_axis(ax, table: pd.DataFrame) -> None:
@@ -55,37 +57,47 @@ def _cut_axis(ax, table: pd.DataFrame) -> None:
 
 
 def plot_connectivity(results, folder: Path | None = None, *, caption: str | None = None) -> dict:
-    """Fig. 2A (stitching penalty per cut, trained vs random bottom, per width; at
-    initialisation and after training) and Fig. 5 (CKA per cut), saved into `folder`
-    (default: the run's figures folder). Returns the figures and the paths written."""
+    """Fig. 2A (stitching penalty per cut, another seed vs a random network, one panel per model;
+    after training the stitcher and at its least-squares initialisation) and Fig. 5 (CKA at the
+    same cuts), saved into `folder` (default: the run's figures folder). Returns the figures
+    and the paths written."""
     folder = results.setup.figures if folder is None else folder
     if caption is None:
         caption = data_caption(results.setup)
     sns.set_theme(context="paper", style="ticks")
     t = results.table.copy()
+    if "family" not in t:
+        t["family"] = t.get("arch", "model")
     t["width"] = t["width"].map(lambda w: f"{w:g}x")
     t["bottom"] = t["bottom"].map({"trained": "another seed", "random": "random network"})
-    kw = dict(x="cut_index", hue="width", style="bottom", markers=True, errorbar=("ci", 95), seed=0)
+    families = list(dict.fromkeys(t["family"]))
+    kw = dict(x="cut_index", hue="width", style="bottom", style_order=["another seed", "random network"],
+              markers=True, errorbar=("ci", 95), seed=0)
 
-    fig_a, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
-    for ax, column, title in zip(axes, ["penalty", "penalty_init"],
-                                 ["after training the stitcher", "at least-squares init (direct matching)"]):
-        sns.lineplot(data=t, y=column, ax=ax, **kw)
-        ax.axhline(0, color="0.6", lw=0.8)
-        ax.set_title(title)
-        ax.set_ylabel("stitching penalty (test error points)")
-        _cut_axis(ax, t)
-    axes[1].get_legend().remove()
+    def panels(columns, titles, ylabel):
+        fig, axes = plt.subplots(len(columns), len(families), figsize=(3.4 * len(families), 3.6 * len(columns)),
+                                 squeeze=False, sharey="row")
+        for r, (column, title) in enumerate(zip(columns, titles)):
+            for c, family in enumerate(families):
+                ax, f = axes[r][c], t[t["family"] == family]
+                sns.lineplot(data=f, y=column, ax=ax, **kw)
+                ax.set_title(f"{family}: {title}" if title else family, fontsize=8)
+                ax.set_ylabel(ylabel)
+                _cut_axis(ax, f)
+                if ax.get_legend() is not None and (r, c) != (0, 0):
+                    ax.get_legend().remove()
+                if column.startswith("penalty"):
+                    ax.axhline(0, color="0.6", lw=0.8)
+        return fig, axes
+
+    fig_a, _ = panels(["penalty", "penalty_init"], ["after training", "at least-squares init"],
+                      "stitching penalty (points)")
     fig_a.suptitle("Stitching connectivity (Fig. 2A)" + (f": {caption}" if caption else ""), fontsize=9)
     fig_a.tight_layout()
-
-    fig_c, ax = plt.subplots(figsize=(6.5, 3.8))
-    sns.lineplot(data=t, y="cka", ax=ax, **kw)
-    ax.set_ylim(0, 1.05)
-    sns.move_legend(ax, "upper left", bbox_to_anchor=(1.01, 1), frameon=False)
-    ax.set_ylabel("linear CKA(top model, bottom model)")
-    ax.set_title("CKA at the same cuts (Fig. 5)" + (f": {caption}" if caption else ""), fontsize=9)
-    _cut_axis(ax, t)
+    fig_c, axes = panels(["cka"], [""], "linear CKA(top, bottom)")
+    for ax in axes[0]:
+        ax.set_ylim(0, 1.05)
+    fig_c.suptitle("CKA at the same cuts (Fig. 5)" + (f": {caption}" if caption else ""), fontsize=9)
     fig_c.tight_layout()
 
     paths = save_figure(fig_a, folder, "fig2a_connectivity") + save_figure(fig_c, folder, "fig5_cka")

@@ -8,7 +8,8 @@ from stitchlib import experiments as E
 from stitchlib.store import CorruptArtifactWarning
 
 TINY = dict(widths=[0.0625], seeds=[0, 1], train_samples=512, test_samples=256, epochs=1.0, stitch_samples=256,
-            stitch_epochs=0.5, ls_samples=256, cka_samples=128)
+            stitch_epochs=0.5, ls_samples=256, cka_samples=128, architectures={"myrtle": {"width": 0.125}},
+            disjoint=True)
 
 
 @pytest.fixture()
@@ -20,7 +21,10 @@ def tiny(tmp_path):
 def test_connectivity_table_is_tidy_and_consistent(tiny):
     res = stitchlib.connectivity(tiny)
     t = res.table
-    assert len(t) == 2 * 10 and set(t["pair"]) == {"seed 1", "random"}
+    # ResNet-18 (seed + random, 10 cuts), Myrtle (seed + random, 5 cuts), disjoint halves (seed only).
+    assert len(t) == 2 * 10 + 2 * 5 + 10 and set(t["pair"]) == {"seed 1", "random"}
+    assert list(t["family"].unique()) == ["ResNet-18", "Myrtle CNN", "ResNet-18, disjoint halves"]
+    assert set(t[t["panel"] == "disjoint"]["bottom"]) == {"trained"}
     assert (t["penalty"] - (t["error"] - t["top_error"])).abs().max() < 1e-9
     assert t["cka"].between(0, 1).all()
     # The random control is less similar to the top model than another trained seed, by CKA on average.
@@ -29,7 +33,8 @@ def test_connectivity_table_is_tidy_and_consistent(tiny):
     csv = pd.read_csv(tiny.figures / "01_connectivity.csv")
     assert list(csv.columns) == list(t.columns) and len(csv) == len(t)
     claims = stitchlib.check_claims(res, connected_max_penalty=5, random_late_gap=10, random_early_max=10)
-    assert list(claims.columns) == ["claim", "statistic", "threshold", "holds"] and len(claims) == 3
+    assert list(claims.columns) == ["claim", "model", "statistic", "threshold", "holds"] and len(claims) == 7
+    assert list(res.models["family"].unique()) == ["ResNet-18", "Myrtle CNN", "ResNet-18, disjoint halves"]
 
 
 def test_second_run_loads_instead_of_training(tiny, monkeypatch):
@@ -84,6 +89,10 @@ def test_random_control_shares_no_weight_with_trained_networks(tiny):
     (dict(stitch_lr=0.0), ValueError, "stitch_lr > 0"),
     (dict(cka_estimator="svcca"), ValueError, "unknown cka_estimator"),
     (dict(bogus=1), ValueError, r"unknown parameters \['bogus'\]"),
+    (dict(architectures={"alexnet": {}}), ValueError, "unknown architecture 'alexnet' in architectures"),
+    (dict(architectures={"preact_resnet": {"depth": 12}}), ValueError, r"depth must be 9n \+ 2"),
+    (dict(architectures={"myrtle": {"lr": 1}}), ValueError, "must be a dict of width, depth and epochs"),
+    (dict(disjoint="yes"), TypeError, "parameter 'disjoint' must be bool"),
 ])
 def test_bad_parameters_fail_before_any_work(tmp_path, kwargs, error, match):
     with pytest.raises(error, match=match):
