@@ -37,8 +37,8 @@ class Segment(nn.Sequential):
 
 
 class SpineModel(nn.Module):
-    """Base class: subclasses fill `self.stages` (an nn.ModuleDict in forward order) and
-    `self._cuts` (one CutPoint per stage except the last)."""
+    """Base class: subclasses call `_set_spine` with their stages in forward order and one
+    cut point per stage except the last."""
 
     stages: nn.ModuleDict
     _cuts: list[CutPoint]
@@ -50,6 +50,16 @@ class SpineModel(nn.Module):
 
     def cut_points(self) -> list[CutPoint]:
         return list(self._cuts)
+
+    def _set_spine(self, stages: dict[str, nn.Module], cuts: list[tuple], *, kaiming: bool = False) -> None:
+        """Register `stages` in order and the cut after each (name, channels, reduction, kind)."""
+        # ModuleDict keys cannot contain dots; the cut names keep the familiar "layer1.0" form.
+        self.stages = nn.ModuleDict({k.replace(".", "_"): v for k, v in stages.items()})
+        self._cuts = [CutPoint(i, *cut) for i, cut in enumerate(cuts)]
+        if kaiming:
+            for m in self.modules():
+                if isinstance(m, nn.Conv2d):
+                    nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
 
 class BasicBlock(nn.Module):
@@ -102,12 +112,7 @@ class ResNet18(SpineModel):
         stages["pool"] = GlobalPool()
         cuts.append(("pool", c_in, None, "vector"))
         stages["fc"] = nn.Linear(c_in, num_classes)
-        # ModuleDict keys cannot contain dots; the cut names keep the familiar "layer1.0" form.
-        self.stages = nn.ModuleDict({k.replace(".", "_"): v for k, v in stages.items()})
-        self._cuts = [CutPoint(i, n, c, r, k) for i, (n, c, r, k) in enumerate(cuts)]
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        self._set_spine(stages, cuts, kaiming=True)
 
 
 class PreActBottleneck(nn.Module):
@@ -162,11 +167,7 @@ class PreActResNet(SpineModel):
         cuts.append(("pool", c_in, None, "vector"))
         stages["fc"] = nn.Linear(c_in, num_classes)
         self.depth, self.width = depth, width
-        self.stages = nn.ModuleDict({k.replace(".", "_"): v for k, v in stages.items()})
-        self._cuts = [CutPoint(i, name, c, r, k) for i, (name, c, r, k) in enumerate(cuts)]
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        self._set_spine(stages, cuts, kaiming=True)
 
 
 class Scale(nn.Module):
@@ -205,8 +206,7 @@ class MyrtleCNN(SpineModel):
         cuts.append(("pool", c_in, None, "vector"))
         stages["fc"] = nn.Sequential(nn.Linear(c_in, num_classes, bias=False), Scale(0.125))
         self.width = width
-        self.stages = nn.ModuleDict(stages)
-        self._cuts = [CutPoint(i, name, c, r, k) for i, (name, c, r, k) in enumerate(cuts)]
+        self._set_spine(stages, cuts)
 
 
 def _check_positive(name: str, value) -> None:

@@ -66,8 +66,6 @@ def plot_connectivity(results, folder: Path | None = None, *, caption: str | Non
         caption = data_caption(results.setup)
     sns.set_theme(context="paper", style="ticks")
     t = results.table.copy()
-    if "family" not in t:
-        t["family"] = t.get("arch", "model")
     t["width"] = t["width"].map(lambda w: f"{w:g}x")
     t["bottom"] = t["bottom"].map({"trained": "another seed", "random": "random network"})
     families = list(dict.fromkeys(t["family"]))
