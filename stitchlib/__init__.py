@@ -2,16 +2,17 @@
 
 The public face: data (`load_dataset`), models (`build_model`, `cut_points`, `split`),
 training (`train_model`), stitching (`stitch`), similarity (`linear_cka`, `CKAAccumulator`),
-the artifact `Store`, and the notebooks' experiments (`setup`, `connectivity`,
-`check_claims`, `summarize`, `plot_connectivity`).
+the artifact `Store`, and the notebooks' experiments (`setup`, `connectivity`, `label_noise`,
+`more_is_better`, `check_claims`, `summarize`, `plot`).
 """
 
 __version__ = "0.1.0"
 
 from .data import load_dataset
-from .experiments import check_claims, connectivity, setup, summarize
+from .claims import check_claims, summarize
+from .experiments import connectivity, label_noise, more_is_better, setup
 from .models import build_model, cut_points, define_spine, split
-from .plotting import plot_connectivity
+from .plotting import plot
 from .similarity import CKAAccumulator, linear_cka
 from .stitching import stitch
 from .store import Store
@@ -19,5 +20,6 @@ from .training import train_model
 
 __all__ = [
     "load_dataset", "build_model", "cut_points", "split", "define_spine", "train_model", "stitch", "linear_cka",
-    "CKAAccumulator", "Store", "setup", "connectivity", "check_claims", "summarize", "plot_connectivity",
+    "CKAAccumulator", "Store", "setup", "connectivity", "label_noise", "more_is_better", "check_claims", "summarize",
+    "plot",
 ]

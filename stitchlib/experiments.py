@@ -9,10 +9,13 @@ version, so re-running a notebook with the same parameters loads instead of trai
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import pandas as pd
 import torch
@@ -25,41 +28,73 @@ from .stitching import stitch
 from .store import Store
 from .training import RECIPES, Recipe, error_rate, resolve_device, train_model
 
-__all__ = ["PROFILES", "Setup", "setup", "connectivity", "check_claims", "summarize"]
+__all__ = ["PROFILES", "Setup", "setup", "Results", "connectivity", "label_noise", "more_is_better"]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+# The stitcher and CKA sizes every experiment shares, per profile (the paper's stitcher lr is
+# 1e-3; the smoke stitcher gets 32 steps, hence 3e-2).
+_STITCH = {
+    "smoke": dict(stitch_samples=2000, stitch_epochs=2.0, stitch_lr=0.03, ls_samples=500, cka_samples=500,
+                  cka_estimator="exact"),
+    "paper": dict(stitch_samples=50000, stitch_epochs=10.0, stitch_lr=0.001, ls_samples=10000, cka_samples=10000,
+                  cka_estimator="minibatch"),
+}
+# The clean ResNet-18 that every notebook starts from. At smoke it is width 1/8 of 01's widths
+# (the "1x" of the scaled-down 0.5x : 1x : 2x), so 03 and 04 take its two seeds from the store.
+_BASE = {
+    "smoke": dict(dataset="cifar10", arch="resnet18", train_samples=10000, test_samples=1000, epochs=4.0),
+    # 64K steps of batch 128 on 50K images = 164 epochs (Appendix A.2).
+    "paper": dict(dataset="cifar10", arch="resnet18", train_samples=50000, test_samples=10000, epochs=164.0),
+}
 
 # Sizes per profile. The notebooks' parameters default to None, meaning "the profile's value".
 PROFILES: dict[str, dict[str, dict]] = {
     "connectivity": {
         "smoke": dict(
-            dataset="cifar10", arch="resnet18", widths=[0.0625, 0.125, 0.25], seeds=[0, 1], random_seed=100,
-            train_samples=10000, test_samples=1000, epochs=4.0, stitch_samples=2000, stitch_epochs=2.0,
-            stitch_lr=0.03, ls_samples=500, cka_samples=500, cka_estimator="exact",
+            **_BASE["smoke"], widths=[0.0625, 0.125, 0.25], seeds=[0, 1], random_seed=100, **_STITCH["smoke"],
             architectures={"preact_resnet": {"width": 0.5, "depth": 11}, "myrtle": {"width": 0.25},
                            "vit": {"width": 0.0833, "depth": 4}},
             disjoint=True,
         ),
         "paper": dict(
-            dataset="cifar10", arch="resnet18", widths=[0.5, 1.0, 2.0], seeds=[0, 1], random_seed=100,
-            # 64K steps of batch 128 on 50K images = 164 epochs (Appendix A.2).
-            train_samples=50000, test_samples=10000, epochs=164.0, stitch_samples=50000, stitch_epochs=10.0,
-            stitch_lr=0.001, ls_samples=10000, cka_samples=10000, cka_estimator="minibatch",
+            **_BASE["paper"], widths=[0.5, 1.0, 2.0], seeds=[0, 1], random_seed=100, **_STITCH["paper"],
             # ResNet-164; the Myrtle CNN for 80K steps (205 epochs); the paper's ViT (trained on
             # CIFAR-5m there, on CIFAR-10 here).
             architectures={"preact_resnet": {"width": 1.0, "depth": 164}, "myrtle": {"width": 1.0, "epochs": 205.0},
                            "vit": {"width": 1.0, "depth": 12}},
             disjoint=True,
         ),
-    }
+    },
+    "label_noise": {
+        "smoke": dict(**_BASE["smoke"], width=0.125, seeds=[0, 1], noise=[0.1, 0.5, 1.0], coarse=True,
+                      **_STITCH["smoke"]),
+        "paper": dict(**_BASE["paper"], width=1.0, seeds=[0, 1], noise=[0.1, 0.5, 1.0], coarse=True,
+                      **_STITCH["paper"]),
+    },
+    "more_is_better": {
+        # Section 6 at the paper's sample sizes in both profiles: every model of the samples
+        # experiment takes as many SGD steps as the base recipe, so the sizes cost nothing extra.
+        "smoke": dict(**_BASE["smoke"], width=0.125, seeds=[0, 1], fewer_samples=5000, top_samples=10000,
+                      samples=25000, checkpoint_epochs=[1.0, 2.0, 4.0], top_epoch=2.0,
+                      widths=[0.03125, 0.125, 0.25], freeze_max_penalty=3.0, **_STITCH["smoke"]),
+        "paper": dict(**_BASE["paper"], width=1.0, seeds=[0, 1], fewer_samples=5000, top_samples=10000,
+                      samples=25000, checkpoint_epochs=[40.0, 80.0, 160.0], top_epoch=80.0,
+                      widths=[0.25, 1.0, 2.0], freeze_max_penalty=1.0, **_STITCH["paper"]),
+    },
 }
 
+_NUMBER = (int, float)
 # Types of every parameter, checked before any work starts (papermill injects whatever it is given).
 PARAM_TYPES = dict(
-    dataset=str, arch=str, widths=list, seeds=list, random_seed=int, train_samples=int, test_samples=int,
-    epochs=(int, float), stitch_samples=int, stitch_epochs=(int, float), stitch_lr=(int, float), ls_samples=int,
-    cka_samples=int, cka_estimator=str, device=str, profile=str, architectures=dict, disjoint=bool,
+    dataset=str, arch=str, widths=list, width=_NUMBER, seeds=list, random_seed=int, train_samples=int,
+    test_samples=int, epochs=_NUMBER, stitch_samples=int, stitch_epochs=_NUMBER, stitch_lr=_NUMBER,
+    ls_samples=int, cka_samples=int, cka_estimator=str, device=str, profile=str, architectures=dict,
+    disjoint=bool, noise=list, coarse=bool, fewer_samples=int, top_samples=int, samples=int,
+    checkpoint_epochs=list, top_epoch=_NUMBER, freeze_max_penalty=_NUMBER,
 )
+# Sample sizes drawn from the training split; the rest come from the test split.
+_TRAIN_SIZES = ("train_samples", "fewer_samples", "top_samples", "samples")
 
 
 @dataclass
@@ -85,15 +120,16 @@ class Setup:
         print(f"store      {self.store.root}")
         print(f"figures    {self.figures}")
         for key, value in self.params.items():
-            print(f"  {key:15s} {value}")
+            print(f"  {key:18s} {value}")
 
 
 def setup(experiment: str, *, profile: str = "smoke", device: str = "auto", figures_dir: str | None = None,
           store: str | None = None, **params) -> Setup:
     """Validate the parameters, fill the profile's values for those left None, load the data.
 
-    `figures_dir` defaults to <repository>/figures/<profile>; `store` to the artifact store's
-    default ($STITCHLIB_STORE or <repository>/runs/store). Neither depends on the cwd.
+    `figures_dir` defaults to $STITCHLIB_FIGURES/<profile> or <repository>/figures/<profile>;
+    `store` to the artifact store's default ($STITCHLIB_STORE or <repository>/runs/store).
+    Neither depends on the cwd.
     """
     if experiment not in PROFILES:
         raise ValueError(f"unknown experiment {experiment!r}; valid: {sorted(PROFILES)}")
@@ -109,41 +145,58 @@ def setup(experiment: str, *, profile: str = "smoke", device: str = "auto", figu
         expected = PARAM_TYPES[name]
         if (isinstance(value, bool) and expected is not bool) or not isinstance(value, expected):
             names = " or ".join(t.__name__ for t in (expected if isinstance(expected, tuple) else (expected,)))
-            raise TypeError(f"parameter {name!r} must be {names}, got {type(value).__name__} {value!r}")
+            hint = ""
+            if isinstance(value, str) and expected in (list, dict):
+                hint = (f" (papermill's -p passes text; give lists and dicts as YAML: "
+                        f"-y \"{name}: {value}\")")
+            raise TypeError(f"parameter {name!r} must be {names}, got {type(value).__name__} {value!r}{hint}")
     _validate(resolved)
     dev = resolve_device(device)
     dataset = data_mod.load_dataset(resolved["dataset"])
-    if resolved["train_samples"] > len(dataset.train):
-        raise ValueError(f"train_samples={resolved['train_samples']} exceeds the {len(dataset.train)} images "
-                         "of the training split")
-    if resolved["test_samples"] > len(dataset.test):
-        raise ValueError(f"test_samples={resolved['test_samples']} exceeds the {len(dataset.test)} images "
-                         "of the test split")
-    figures = Path(figures_dir) if figures_dir else REPO_ROOT / "figures" / profile
+    for key in _TRAIN_SIZES + ("test_samples",):
+        split = dataset.test if key == "test_samples" else dataset.train
+        if key in resolved and resolved[key] > len(split):
+            raise ValueError(f"{key}={resolved[key]} exceeds the {len(split)} images of the "
+                             f"{'test' if key == 'test_samples' else 'training'} split")
+    if resolved.get("coarse") and dataset.train.classes != data_mod.CIFAR10_CLASSES:
+        raise ValueError(f"coarse=True needs CIFAR-10's classes (Animals vs Objects); {resolved['dataset']!r} "
+                         "has other classes: set coarse=False")
+    if figures_dir:
+        figures = Path(figures_dir)
+    else:
+        figures = Path(os.environ.get("STITCHLIB_FIGURES") or REPO_ROOT / "figures").expanduser().absolute() / profile
     figures.mkdir(parents=True, exist_ok=True)
     return Setup(experiment, profile, resolved, dev, Store(store), dataset, figures)
 
 
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
 def _validate(p: dict) -> None:
+    """Every check that needs no data, so a bad value fails before anything is loaded or trained."""
     if p["arch"] not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {p['arch']!r}; valid: {sorted(ARCHITECTURES)}")
-    if not p["widths"] or any(isinstance(w, bool) or not isinstance(w, (int, float)) or w <= 0 for w in p["widths"]):
+    if "widths" in p and (not p["widths"] or not all(_is_number(w) and w > 0 for w in p["widths"])):
         raise ValueError(f"widths must be a non-empty list of numbers > 0, got {p['widths']!r}")
+    if "width" in p and not p["width"] > 0:
+        raise ValueError(f"width must be > 0, got {p['width']!r}")
     if (len(p["seeds"]) < 2 or len(set(p["seeds"])) != len(p["seeds"])
             or any(isinstance(x, bool) or not isinstance(x, int) for x in p["seeds"])):
         raise ValueError(f"seeds must list at least two distinct ints (a top and a bottom), got {p['seeds']!r}")
-    for key in ("train_samples", "test_samples", "stitch_samples", "ls_samples", "cka_samples"):
-        if p[key] <= 0:
+    for key in _TRAIN_SIZES + ("test_samples", "stitch_samples", "ls_samples", "cka_samples"):
+        if key in p and p[key] <= 0:
             raise ValueError(f"{key} must be > 0, got {p[key]!r}")
-    # The stitcher trains on part of the base models' training subset; CKA uses part of the test subset.
-    if p["stitch_samples"] > p["train_samples"]:
-        raise ValueError(f"stitch_samples={p['stitch_samples']} must be <= train_samples={p['train_samples']}")
+    # The stitcher trains on part of its top model's training subset; CKA uses part of the test subset.
+    for key in ("train_samples", "top_samples"):
+        if key in p and p["stitch_samples"] > p[key]:
+            raise ValueError(f"stitch_samples={p['stitch_samples']} must be <= {key}={p[key]}")
     if p["cka_samples"] > p["test_samples"]:
         raise ValueError(f"cka_samples={p['cka_samples']} must be <= test_samples={p['test_samples']}")
     if p["epochs"] <= 0 or p["stitch_epochs"] < 0 or p["stitch_lr"] <= 0:
         raise ValueError(f"epochs must be > 0, stitch_epochs >= 0 and stitch_lr > 0; got {p['epochs']!r}, "
                          f"{p['stitch_epochs']!r}, {p['stitch_lr']!r}")
-    for arch, opts in p["architectures"].items():
+    for arch, opts in p.get("architectures", {}).items():
         if arch not in ARCHITECTURES:
             raise ValueError(f"unknown architecture {arch!r} in architectures; valid: {sorted(ARCHITECTURES)}")
         if not isinstance(opts, dict) or set(opts) - {"width", "depth", "epochs"}:
@@ -152,14 +205,37 @@ def _validate(p: dict) -> None:
         build_model(arch, seed=0, **options)  # a bad depth or width fails here, before any training
     if p["cka_estimator"] not in ("exact", "minibatch"):
         raise ValueError(f"unknown cka_estimator {p['cka_estimator']!r}; valid: ['exact', 'minibatch']")
+    if "noise" in p:
+        if not all(_is_number(q) and 0 <= q <= 1 for q in p["noise"]):
+            raise ValueError(f"noise must list label-noise fractions in [0, 1], got {p['noise']!r}")
+        if not p["noise"] and not p["coarse"]:
+            raise ValueError("nothing to compare: give at least one noise fraction or coarse=True")
+    if "samples" in p and not p["fewer_samples"] < p["top_samples"] < p["samples"]:
+        raise ValueError("the samples experiment needs fewer_samples < top_samples < samples (fewer, equal and "
+                         f"more samples than the top), got {p['fewer_samples']}, {p['top_samples']}, {p['samples']}")
+    if "checkpoint_epochs" in p:
+        epochs = p["checkpoint_epochs"] + [p["top_epoch"]]
+        if not p["checkpoint_epochs"] or not all(_is_number(e) and 0 < e <= p["epochs"] for e in epochs):
+            raise ValueError(f"checkpoint_epochs (and top_epoch) must be a non-empty list of epochs in (0, "
+                             f"epochs={p['epochs']:g}], the length of the run they are taken from; got "
+                             f"{p['checkpoint_epochs']!r} and top_epoch={p['top_epoch']!r}")
+    if "freeze_max_penalty" in p and p["freeze_max_penalty"] < 0:
+        raise ValueError(f"freeze_max_penalty must be >= 0 (points), got {p['freeze_max_penalty']!r}")
 
 
 # ---------------------------------------------------------------- cached building blocks
 
 def base_model(s: Setup, *, width: float, seed: int, train_split: data_mod.Split, test_split: data_mod.Split,
-               recipe: Recipe, arch: str | None = None, options: dict | None = None, progress: bool = True):
+               recipe: Recipe, arch: str | None = None, options: dict | None = None, checkpoints=(),
+               keep_checkpoints: bool = False, frozen: tuple | None = None, progress: bool = True):
     """A trained network from the store, trained now if absent. Returns (model, record).
-    `options` go to the architecture (e.g. depth)."""
+
+    `options` go to the architecture (e.g. depth). `checkpoints`: epochs at which the test error
+    is recorded (record["curve"], a list of (epoch, error) ending with the final one); with
+    `keep_checkpoints` the weights too, as record["checkpoints"][epoch] = (model, record).
+    `frozen=(model, record, n)`: the first n spine stages are copied from that model and kept
+    fixed while the rest trains (freeze training).
+    """
     arch = arch or s["arch"]
     options = options or {}
     ds = s.dataset
@@ -167,24 +243,61 @@ def base_model(s: Setup, *, width: float, seed: int, train_split: data_mod.Split
                   in_channels=ds.train.images.shape[1], recipe=recipe.as_config(), data=ds.identity,
                   train_split=list(map(list, train_split.recipe)), test_split=list(map(list, test_split.recipe)),
                   device=s.device.type)
+    # Only present when used, so plain models keep the keys they were stored under.
+    if checkpoints:
+        config.update(checkpoints=[float(e) for e in checkpoints], keep_checkpoints=keep_checkpoints)
+    if frozen is not None:
+        config["frozen"] = dict(source=frozen[1]["key"], stages=frozen[2])
+
+    def build():
+        return build_model(arch, seed=seed, width=width, num_classes=train_split.num_classes,
+                           in_channels=config["in_channels"], **options)
+
+    def evaluate(state_dict):
+        model = build()
+        model.load_state_dict(state_dict)
+        return error_rate(model, test_split, ds.mean, ds.std, device=s.device)
 
     def compute():
-        model = build_model(arch, seed=seed, width=width, num_classes=train_split.num_classes,
-                            in_channels=config["in_channels"], **options)
+        model = build()
+        n_frozen = 0
+        if frozen is not None:
+            source, _, n_frozen = frozen
+            for mine, theirs in zip(spine(model)[:n_frozen], spine(source)[:n_frozen]):
+                mine.load_state_dict(theirs.state_dict())
         start = time.perf_counter()
-        train_model(model, train_split, ds.mean, ds.std, recipe, seed=seed, device=s.device,
-                    desc=f"{arch} w={width} seed={seed}", progress=progress)
+        saved = train_model(model, train_split, ds.mean, ds.std, recipe, seed=seed, device=s.device,
+                            checkpoints=tuple(checkpoints), frozen=n_frozen, desc=f"{arch} w={width} seed={seed}",
+                            progress=progress)
         seconds = time.perf_counter() - start
         err = error_rate(model, test_split, ds.mean, ds.std, device=s.device)
-        return {"state_dict": {k: v.cpu() for k, v in model.state_dict().items()}, "test_error": err,
-                "train_seconds": seconds}
+        record = {"state_dict": {k: v.cpu() for k, v in model.state_dict().items()}, "test_error": err,
+                  "train_seconds": seconds}
+        if checkpoints:
+            epochs = sorted(saved)
+            record["curve"] = [[float(e), evaluate(saved[e]) if e != epochs[-1] else err] for e in epochs]
+            if keep_checkpoints:
+                record["checkpoints"] = {repr(float(e)): saved[e] for e in epochs}
+        return record
 
-    record = s.store.cached("model", config, compute)
-    model = build_model(arch, seed=seed, width=width, num_classes=train_split.num_classes,
-                        in_channels=config["in_channels"], **options)
-    model.load_state_dict(record["state_dict"])
+    stored = s.store.cached("model", config, compute)
+    model = build()
+    model.load_state_dict(stored["state_dict"])
     model.to(s.device).eval()
-    return model, {"key": s.store.key("model", config), "test_error": record["test_error"]}
+    key = s.store.key("model", config)
+    record = {"key": key, "test_error": stored["test_error"]}
+    if checkpoints:
+        record["curve"] = [tuple(point) for point in stored["curve"]]
+    if keep_checkpoints:
+        errors = dict(record["curve"])
+        record["checkpoints"] = {}
+        for name, state in stored["checkpoints"].items():
+            at = build()
+            at.load_state_dict(state)
+            record["checkpoints"][float(name)] = (at.to(s.device).eval(),
+                                                  {"key": f"{key}@epoch{float(name):g}",
+                                                   "test_error": errors[float(name)]})
+    return model, record
 
 
 def random_model(s: Setup, *, width: float, seed: int, num_classes: int, arch: str | None = None,
@@ -244,6 +357,117 @@ def cka_all_cuts(s: Setup, model_a, rec_a, model_b, rec_b, images: data_mod.Spli
     return s.store.cached("cka", config, compute)["cka"]
 
 
+# ---------------------------------------------------------------- comparing pairs
+
+@dataclass
+class _Spec:
+    """A model an experiment needs: how to get it (from the store, or trained now), and its
+    architecture, which fixes the number of cut points before anything trains."""
+
+    make: Callable[[], tuple]
+    arch: str
+    width: float
+    options: dict = field(default_factory=dict)
+
+
+@dataclass
+class _Pair:
+    """Stitch `bottom` into `top` at every cut (unless `stitch` is False) and take their CKA; the
+    rows carry `columns`."""
+
+    top: str
+    bottom: str
+    columns: dict
+    stitch_split: data_mod.Split | None = None
+    stitch: bool = True
+
+
+@functools.lru_cache(maxsize=None)
+def _n_cuts(arch: str, width: float, options: tuple) -> int:
+    return len(cut_points(build_model(arch, seed=0, width=width, **dict(options))))
+
+
+def _cuts_of(spec: _Spec) -> int:
+    return _n_cuts(spec.arch, spec.width, tuple(sorted(spec.options.items())))
+
+
+def _units(specs: dict[str, _Spec], pairs: list[_Pair]) -> int:
+    """Progress units: one per model, one per stitched cut, one per CKA pair."""
+    used = {name for pair in pairs for name in (pair.top, pair.bottom)}
+    return len(used) + sum(1 + pair.stitch * _cuts_of(specs[pair.top]) for pair in pairs)
+
+
+def _compare(s: Setup, bar, specs: dict[str, _Spec], pairs: list[_Pair], *, test_split, cka_split,
+             stitch_split) -> tuple[pd.DataFrame, dict]:
+    """Get every model the pairs name (store or training), then stitch and compare each pair.
+    Returns the tidy rows and the models by name."""
+    p = s.params
+    stitch_kw = dict(epochs=float(p["stitch_epochs"]), lr=p["stitch_lr"], ls_samples=p["ls_samples"])
+    built = {}
+    for name in dict.fromkeys(n for pair in pairs for n in (pair.top, pair.bottom)):
+        bar.set_postfix_str(name)
+        built[name] = specs[name].make()
+        bar.update()
+    rows = []
+    for pair in pairs:
+        (top, top_rec), (bottom, bottom_rec) = built[pair.top], built[pair.bottom]
+        label = f"{pair.bottom} into {pair.top}"
+        if pair.stitch:
+            done = bar.n
+            stitched = stitch_all_cuts(s, bottom, bottom_rec, top, top_rec, test_split=test_split, label=label,
+                                       train_split=pair.stitch_split or stitch_split,
+                                       top_error=top_rec["test_error"], bar=bar, **stitch_kw)
+            bar.update(done + _cuts_of(specs[pair.top]) - bar.n)  # a cached pair advanced nothing
+        else:
+            stitched = [dict(cut_index=c.index, cut=c.name, error_init=math.nan, error=math.nan)
+                        for c in cut_points(top)]
+        bar.set_postfix_str(f"CKA {label}")
+        cka = cka_all_cuts(s, top, top_rec, bottom, bottom_rec, cka_split, p["cka_estimator"])
+        bar.update()
+        top_error = top_rec["test_error"]
+        for row, c in zip(stitched, cka):
+            rows.append(dict(**pair.columns, **row, top_error=top_error,
+                             bottom_error=bottom_rec.get("test_error", math.nan),
+                             penalty_init=row["error_init"] - top_error, penalty=row["error"] - top_error, cka=c))
+    return pd.DataFrame(rows), built
+
+
+def _splits(s: Setup):
+    """(train, test, CKA images, stitcher's training images): nested subsets with fixed seeds, the
+    same in every notebook, so that models and comparisons are shared through the store."""
+    p, ds = s.params, s.dataset
+    train = data_mod.subset(ds.train, p["train_samples"], seed=0)
+    test = data_mod.subset(ds.test, p["test_samples"], seed=0)
+    return train, test, data_mod.subset(test, p["cka_samples"], seed=2), _stitch_split(s, train)
+
+
+def _stitch_split(s: Setup, top_train: data_mod.Split) -> data_mod.Split:
+    # The stitcher sees only images its top model was trained on: more data never leaks in
+    # through the stitcher.
+    return data_mod.subset(top_train, s["stitch_samples"], seed=1)
+
+
+def _resnet(s: Setup, *, width, seed, train_split, test_split, recipe, **kw) -> _Spec:
+    return _Spec(lambda: base_model(s, width=width, seed=seed, train_split=train_split, test_split=test_split,
+                                    recipe=recipe, progress=False, **kw), s["arch"], width)
+
+
+@dataclass
+class Results:
+    """An experiment's tidy rows (one per pair and cut), its base models, and, where the
+    experiment has them, training curves."""
+
+    table: pd.DataFrame
+    models: pd.DataFrame
+    setup: Setup = field(repr=False)
+    curves: pd.DataFrame | None = None
+
+
+def _models_frame(built: dict, specs: dict) -> pd.DataFrame:
+    return pd.DataFrame([dict(model=name, width=specs[name].width, test_error=rec.get("test_error", math.nan))
+                         for name, (_, rec) in built.items()])
+
+
 # ---------------------------------------------------------------- 01: stitching connectivity
 
 FAMILY_NAMES = {"resnet18": "ResNet-18", "myrtle": "Myrtle CNN", "vit": "ViT"}
@@ -253,13 +477,6 @@ def family_name(arch: str, options: dict) -> str:
     if arch == "preact_resnet":
         return f"ResNet-{options.get('depth', 164)}"
     return FAMILY_NAMES.get(arch, arch)
-
-
-@dataclass
-class Results:
-    table: pd.DataFrame
-    models: pd.DataFrame
-    setup: Setup = field(repr=False)
 
 
 @dataclass
@@ -307,52 +524,197 @@ def connectivity(s: Setup) -> Results:
     freshly built random network) is stitched into it at every cut point, and CKA(A, bottom) is
     computed at every cut. Returns one tidy row per (panel, bottom, cut).
     """
-    p, ds = s.params, s.dataset
-    train_split = data_mod.subset(ds.train, p["train_samples"], seed=0)
-    test_split = data_mod.subset(ds.test, p["test_samples"], seed=0)
-    cka_split = data_mod.subset(test_split, p["cka_samples"], seed=2)
-    stitch_kw = dict(epochs=float(p["stitch_epochs"]), lr=p["stitch_lr"], ls_samples=p["ls_samples"])
-    families = _families(s, train_split)
-    n_cuts = {id(f): len(cut_points(build_model(f.arch, seed=0, width=f.width, **f.options))) for f in families}
-    total = sum(len(p["seeds"]) + (len(p["seeds"]) - 1 + f.with_random) * (n_cuts[id(f)] + 1) for f in families)
-    rows, model_rows = [], []
+    p = s.params
+    train_split, test_split, cka_split, _ = _splits(s)
+    specs, pairs, model_rows = {}, [], []
+    for f in _families(s, train_split):
+        recipe = dataclasses.replace(RECIPES[f.arch], epochs=float(f.epochs))
+        names = []
+        for seed, split in zip(p["seeds"], f.train_splits):
+            names.append(f"{f.family} w={f.width:g} seed {seed}")
+            specs[names[-1]] = _Spec(functools.partial(
+                base_model, s, arch=f.arch, width=f.width, seed=seed, options=f.options, train_split=split,
+                test_split=test_split, recipe=recipe, progress=False), f.arch, f.width, f.options)
+            model_rows.append(dict(family=f.family, width=f.width, seed=seed, model=names[-1]))
+        bottoms = [(f"seed {seed}", name) for seed, name in zip(p["seeds"][1:], names[1:])]
+        if f.with_random:
+            bottoms.append(("random", f"{f.family} w={f.width:g} random"))
+            specs[bottoms[-1][1]] = _Spec(functools.partial(
+                random_model, s, arch=f.arch, width=f.width, seed=p["random_seed"], options=f.options,
+                num_classes=train_split.num_classes), f.arch, f.width, f.options)
+        for label, name in bottoms:
+            columns = dict(family=f.family, arch=f.arch, width=f.width, panel=f.panel,
+                           bottom="random" if label == "random" else "trained", pair=label)
+            pairs.append(_Pair(names[0], name, columns, _stitch_split(s, f.train_splits[0])))
     # One bar for the whole experiment, advanced per base model, per stitched cut and per CKA pair;
     # the inner loops stay quiet so a notebook shows a single line of progress.
-    with tqdm(total=total, desc="connectivity") as bar:
-        for f in families:
-            recipe = dataclasses.replace(RECIPES[f.arch], epochs=float(f.epochs))
-            trained = []
-            for seed, split in zip(p["seeds"], f.train_splits):
-                bar.set_postfix_str(f"{f.family} w={f.width} seed={seed}")
-                trained.append(base_model(s, arch=f.arch, width=f.width, seed=seed, options=f.options,
-                                          train_split=split, test_split=test_split, recipe=recipe, progress=False))
-                bar.update()
-            top, top_rec = trained[0]
-            for seed, (_, rec) in zip(p["seeds"], trained):
-                model_rows.append(dict(family=f.family, width=f.width, seed=seed, test_error=rec["test_error"]))
-            stitch_split = data_mod.subset(f.train_splits[0], p["stitch_samples"], seed=1)
-            bottoms = [(f"seed {seed}", m, rec) for seed, (m, rec) in zip(p["seeds"][1:], trained[1:])]
-            if f.with_random:
-                bottoms.append(("random", *random_model(s, arch=f.arch, width=f.width, seed=p["random_seed"],
-                                                        options=f.options, num_classes=train_split.num_classes)))
-            for label, bottom, bottom_rec in bottoms:
-                done = bar.n
-                stitched = stitch_all_cuts(s, bottom, bottom_rec, top, top_rec, train_split=stitch_split,
-                                           test_split=test_split, label=f"{f.family} w={f.width} {label}",
-                                           top_error=top_rec["test_error"], bar=bar, **stitch_kw)
-                bar.update(done + n_cuts[id(f)] - bar.n)  # a cached pair advanced nothing
-                bar.set_postfix_str(f"CKA {f.family} w={f.width} {label}")
-                cka = cka_all_cuts(s, top, top_rec, bottom, bottom_rec, cka_split, p["cka_estimator"])
-                bar.update()
-                for row, c in zip(stitched, cka):
-                    rows.append(dict(family=f.family, arch=f.arch, width=f.width, panel=f.panel,
-                                     bottom="random" if label == "random" else "trained", pair=label, **row,
-                                     top_error=top_rec["test_error"],
-                                     penalty_init=row["error_init"] - top_rec["test_error"],
-                                     penalty=row["error"] - top_rec["test_error"], cka=c))
-    table = pd.DataFrame(rows)
+    with tqdm(total=_units(specs, pairs), desc="connectivity") as bar:
+        table, built = _compare(s, bar, specs, pairs, test_split=test_split, cka_split=cka_split, stitch_split=None)
+    models = pd.DataFrame(model_rows)
+    models["test_error"] = [built[name][1]["test_error"] for name in models.pop("model")]
     write_csv(table, s.figures / "01_connectivity.csv")
-    return Results(table, pd.DataFrame(model_rows), s)
+    return Results(table, models, s)
+
+
+# ---------------------------------------------------------------- 03: the label distribution
+
+def label_noise(s: Setup) -> Results:
+    """Fig. 3A: ResNet-18 bottoms trained on weaker labels, stitched into a top trained on clean
+    CIFAR-10 labels at every cut, with CKA(top, bottom) at the same cuts.
+
+    The weak bottoms: the coarse Animals-vs-Objects task (if `coarse`) and each label-noise
+    fraction in `noise`. Each weak bottom has seed[1], the seed of the clean reference bottom, and
+    trains on the same images in the same order: only the labels differ. The coarse model's own
+    error is measured on coarse test labels.
+    """
+    p = s.params
+    train_split, test_split, cka_split, stitch_split = _splits(s)
+    recipe = dataclasses.replace(RECIPES[p["arch"]], epochs=float(p["epochs"]))
+    top_seed, seed = p["seeds"][:2]
+    kw = dict(width=p["width"], test_split=test_split, recipe=recipe)
+    specs = {"clean labels, seed {}".format(top_seed): _resnet(s, seed=top_seed, train_split=train_split, **kw)}
+    weak = [("clean labels", "clean", 0.0, train_split, test_split)]
+    if p["coarse"]:
+        weak.append(("objects vs animals", "coarse", math.nan, data_mod.coarse_labels(train_split),
+                     data_mod.coarse_labels(test_split)))
+    weak += [(f"{q:.0%} label noise", "noise", float(q), data_mod.with_label_noise(train_split, q, seed=4),
+              test_split) for q in p["noise"]]
+    pairs = []
+    top = next(iter(specs))
+    for label, labels, noise, train, test in weak:
+        name = f"{label}, seed {seed}"
+        specs[name] = _resnet(s, seed=seed, train_split=train, **{**kw, "test_split": test})
+        pairs.append(_Pair(top, name, dict(panel="label distribution", pair=label, labels=labels, noise=noise)))
+    with tqdm(total=_units(specs, pairs), desc="label noise") as bar:
+        table, built = _compare(s, bar, specs, pairs, test_split=test_split, cka_split=cka_split,
+                                stitch_split=stitch_split)
+    write_csv(table, s.figures / "03_label_noise.csv")
+    return Results(table, _models_frame(built, specs), s)
+
+
+# ---------------------------------------------------------------- 04: more is better
+
+def _equal_steps(s: Setup, recipe: Recipe, n: int) -> Recipe:
+    """The recipe for a model trained on n images: as many SGD steps as the base model's
+    (train_samples images for `epochs` epochs), as in the paper, whose recipe is 64K steps
+    whatever the sample size. The base model itself keeps its epochs-defined recipe, so the
+    store shares it with the other notebooks."""
+    if n == s["train_samples"]:
+        return recipe
+    per_epoch = math.ceil(s["train_samples"] / recipe.batch_size)
+    steps = max(1, math.ceil(s["epochs"] * per_epoch))
+    return dataclasses.replace(recipe, epochs=steps / math.ceil(n / recipe.batch_size), steps=steps)
+
+
+def _near_zero_prefix(table: pd.DataFrame, limit: float) -> int:
+    """How many stages, from the input on, sit before a cut where every penalty so far is
+    <= `limit`: stitching at cut l tests the whole bottom up to l, so only a prefix can be frozen."""
+    n = 0
+    for penalty in table.sort_values("cut_index")["penalty"]:
+        if penalty > limit:
+            break
+        n += 1
+    return n
+
+
+def more_is_better(s: Setup) -> Results:
+    """Section 6 and Appendix B.2.3 / B.4: more samples (Fig. 2C), more training time (Fig. 3B)
+    and more width (Fig. 3C) plug in and help; CKA for each (Fig. 7); freeze training (Fig. 9).
+
+    - samples: bottoms (seed[1]) trained on fewer_samples, top_samples and `samples` images,
+      stitched into a top (seed[0]) trained on top_samples; every one takes the same number of
+      SGD steps. CKA also between the fewer- and more-samples models.
+    - training time: one run of `epochs`, checkpointed at `checkpoint_epochs`, each checkpoint
+      stitched into the `top_epoch` checkpoint.
+    - width: bottoms of each width in `widths` into the `width` top, and the `width` bottom into
+      tops of each width (the reverse direction). CKA also between the narrowest and widest.
+    - freeze training: the longest prefix of stages whose penalty, as the fewer-samples bottom,
+      is <= freeze_max_penalty at every cut, copied from that model and frozen while the rest
+      trains from scratch on the whole training split; beside a model trained normally on it,
+      for the same number of steps. Test error at 8 points of each run.
+    """
+    p, ds = s.params, s.dataset
+    train_split, test_split, cka_split, stitch_split = _splits(s)
+    base = dataclasses.replace(RECIPES[p["arch"]], epochs=float(p["epochs"]))
+    top_seed, seed = p["seeds"][:2]
+    kw = dict(test_split=test_split)
+    specs, pairs = {}, []
+
+    # Samples (Fig. 2C): nested subsets, so the larger sets contain the smaller ones.
+    sized = {n: data_mod.subset(ds.train, n, seed=0) for n in (p["fewer_samples"], p["top_samples"], p["samples"])}
+    top = f"{p['top_samples']:,} samples, seed {top_seed}"
+    specs[top] = _resnet(s, width=p["width"], seed=top_seed, train_split=sized[p["top_samples"]],
+                         recipe=_equal_steps(s, base, p["top_samples"]), **kw)
+    for n, split in sized.items():
+        name = f"{n:,} samples, seed {seed}"
+        specs[name] = _resnet(s, width=p["width"], seed=seed, train_split=split, recipe=_equal_steps(s, base, n), **kw)
+        pairs.append(_Pair(top, name, dict(panel="samples", pair=f"{n:,} samples", value=float(n)),
+                           _stitch_split(s, sized[p["top_samples"]])))
+    fewer, more = (f"{n:,} samples, seed {seed}" for n in (p["fewer_samples"], p["samples"]))
+    pairs.append(_Pair(fewer, more, dict(panel="samples", pair=f"{p['fewer_samples']:,} vs {p['samples']:,} "
+                                         "samples (CKA only)", value=math.nan), stitch=False))
+
+    # Training time (Fig. 3B): checkpoints of one run.
+    epochs = sorted({float(e) for e in p["checkpoint_epochs"]} | {float(p["top_epoch"])})
+    run = functools.cache(lambda: base_model(s, width=p["width"], seed=top_seed, train_split=train_split,
+                                             recipe=base, checkpoints=tuple(epochs), keep_checkpoints=True,
+                                             progress=False, **kw)[1]["checkpoints"])
+    for e in epochs:
+        specs[f"epoch {e:g}"] = _Spec(functools.partial(lambda e: run()[e], e), p["arch"], p["width"])
+    for e in sorted(float(e) for e in p["checkpoint_epochs"]):
+        pairs.append(_Pair(f"epoch {p['top_epoch']:g}", f"epoch {e:g}",
+                           dict(panel="training time", pair=f"epoch {e:g}", value=e)))
+
+    # Width (Fig. 3C), both directions.
+    def at_width(w, seed_):
+        name = f"width {w:g}, seed {seed_}"
+        specs[name] = _resnet(s, width=w, seed=seed_, train_split=train_split, recipe=base, **kw)
+        return name
+
+    one = p["width"]
+    for w in p["widths"]:
+        pairs.append(_Pair(at_width(one, top_seed), at_width(w, seed),
+                           dict(panel=f"width: bottoms into the {one:g} top", pair=f"width {w:g}", value=float(w))))
+    for w in p["widths"]:
+        if w != one:
+            pairs.append(_Pair(at_width(w, top_seed), at_width(one, seed),
+                               dict(panel=f"width: the {one:g} bottom into tops", pair=f"width {w:g}",
+                                    value=float(w))))
+    lo, hi = min(p["widths"]), max(p["widths"])
+    if lo != hi:
+        pairs.append(_Pair(at_width(lo, top_seed), at_width(hi, seed),
+                           dict(panel="width", pair=f"width {lo:g} vs {hi:g} (CKA only)", value=math.nan),
+                           stitch=False))
+
+    everything = data_mod.subset(ds.train, len(ds.train), seed=0)
+    freeze_recipe = _equal_steps(s, base, len(everything))
+    per_epoch = math.ceil(len(everything) / freeze_recipe.batch_size)
+    total = freeze_recipe.steps or math.ceil(freeze_recipe.epochs * per_epoch)
+    # Test error at 8 evenly spaced steps (fewer if the run is shorter), the last one the end.
+    curve = [step / per_epoch for step in sorted({max(1, round(total * k / 8)) for k in range(1, 8)} - {total})]
+    with tqdm(total=_units(specs, pairs) + 2, desc="more is better") as bar:
+        table, built = _compare(s, bar, specs, pairs, test_split=test_split, cka_split=cka_split,
+                                stitch_split=stitch_split)
+        # Freeze training (Fig. 9, Appendix B.4).
+        fewer_rows = table[(table["panel"] == "samples") & (table["value"] == p["fewer_samples"])]
+        n_frozen = _near_zero_prefix(fewer_rows, p["freeze_max_penalty"])
+        runs = {"normal training": None}
+        if n_frozen:
+            runs[f"stages up to {fewer_rows.sort_values('cut_index')['cut'].iloc[n_frozen - 1]} frozen from the "
+                 f"{p['fewer_samples']:,}-sample model"] = (*built[fewer], n_frozen)
+        curves = []
+        for label, frozen in runs.items():
+            bar.set_postfix_str(f"freeze training: {label}")
+            _, rec = base_model(s, width=p["width"], seed=top_seed, train_split=everything, recipe=freeze_recipe,
+                                checkpoints=tuple(curve), frozen=frozen, progress=False, **kw)
+            curves += [dict(run=label, frozen_stages=frozen[2] if frozen else 0, epoch=e,
+                            step=round(e * per_epoch), test_error=err) for e, err in rec["curve"]]
+            bar.update()
+        bar.update(bar.total - bar.n)
+    curves = pd.DataFrame(curves)
+    write_csv(table, s.figures / "04_more_is_better.csv")
+    write_csv(curves, s.figures / "04_freeze_training.csv")
+    return Results(table, _models_frame(built, specs), s, curves)
 
 
 def write_csv(frame: pd.DataFrame, path: Path) -> Path:
@@ -362,53 +724,3 @@ def write_csv(frame: pd.DataFrame, path: Path) -> Path:
     frame.to_csv(tmp, index=False, float_format="%.4f")
     os.replace(tmp, path)
     return path
-
-
-# ---------------------------------------------------------------- claims
-
-RANDOM_CONTROL_FAMILIES = ("ResNet-18",)
-
-
-def check_claims(results: Results, **thresholds: float) -> pd.DataFrame:
-    """The paper's claims for `results`, one row each: claim, model, statistic, threshold, verdict.
-
-    (a) is checked for every panel; ResNet-18's widths count as one panel (the statistic is the
-    worst width). (b) and (c), about the random-network control, are checked where the paper
-    makes them: ResNet-18 (Fig. 2A's reference line, Appendix B.2.1). The other panels draw
-    their random controls without a verdict.
-    """
-    t = results.table
-    rows = []
-    for family in t["family"].unique():
-        f = t[t["family"] == family]
-        n_cuts = f["cut_index"].max() + 1
-        late = f[f["cut_index"] >= n_cuts // 2]
-        trained, random = f[f["bottom"] == "trained"], f[f["bottom"] == "random"]
-        worst = trained["penalty"].max()
-        rows.append(("(a) two seeds are stitching-connected: max penalty over cuts (points)", family,
-                     worst, f"<= {thresholds['connected_max_penalty']}", worst <= thresholds["connected_max_penalty"]))
-        if random.empty or family not in RANDOM_CONTROL_FAMILIES:
-            continue
-        gap = min(late[(late["bottom"] == "random") & (late["width"] == w)]["penalty"].mean()
-                  - late[(late["bottom"] == "trained") & (late["width"] == w)]["penalty"].mean()
-                  for w in f["width"].unique())
-        rows.append(("(b) a random bottom is far worse at the later cuts: mean penalty gap (points)", family,
-                     gap, f">= {thresholds['random_late_gap']}", gap >= thresholds["random_late_gap"]))
-        early = random[random["cut_index"] == 0]["penalty"].max()
-        rows.append(("(c) the first cut of a random bottom is cheap: its penalty (points)", family,
-                     early, f"<= {thresholds['random_early_max']}", early <= thresholds["random_early_max"]))
-    return pd.DataFrame(rows, columns=["claim", "model", "statistic", "threshold", "holds"])
-
-
-def summarize(results: Results, claims: pd.DataFrame) -> None:
-    """Print the numbers behind the verdicts: base-model errors, claim statistics, penalties per cut."""
-    with pd.option_context("display.width", 140, "display.precision", 2):
-        print("base models (test error, %):")
-        print(results.models.to_string(index=False))
-        print("\nclaims:")
-        print(claims.to_string(index=False))
-        for family, f in results.table.groupby("family", sort=False):
-            pivot = f.pivot_table(index=["cut_index", "cut"], columns=["width", "bottom"], values="penalty",
-                                  sort=False)
-            print(f"\n{family}: stitching penalty after training (points):")
-            print(pivot.round(2).to_string())

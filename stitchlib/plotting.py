@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
 
-__all__ = ["plot_connectivity", "save_figure"]
+__all__ = ["plot", "save_figure"]
 
 _FIXED_METADATA = {
     ".png": {"Software": None},
@@ -56,47 +56,101 @@ def _cut_axis(ax, table: pd.DataFrame) -> None:
     ax.set_xlabel("cut point (bottom ends after)")
 
 
-def plot_connectivity(results, folder: Path | None = None, *, caption: str | None = None) -> dict:
-    """Fig. 2A (stitching penalty per cut, another seed vs a random network, one panel per model;
-    after training the stitcher and at its least-squares initialisation) and Fig. 5 (CKA at the
-    same cuts), saved into `folder` (default: the run's figures folder). Returns the figures
-    and the paths written."""
+_ROWS = {"penalty": ("after training", "stitching penalty (points)"),
+         "penalty_init": ("at least-squares init", "stitching penalty (points)"),
+         "cka": ("", "linear CKA(top, bottom)")}
+
+
+def _grid(panels: dict[str, pd.DataFrame], columns: list[str], title: str, **line) -> plt.Figure:
+    """One row per value column (penalty after training, at init, or CKA), one panel per entry
+    of `panels`, lines over the cut points; `line` goes to seaborn's lineplot (hue, style...)."""
+    fig, axes = plt.subplots(len(columns), len(panels), figsize=(3.6 * len(panels), 3.6 * len(columns)),
+                             squeeze=False, sharey="row")
+    for r, column in enumerate(columns):
+        what, ylabel = _ROWS[column]
+        for c, (name, frame) in enumerate(panels.items()):
+            ax = axes[r][c]
+            frame = frame[frame[column].notna()]
+            # seaborn's markers=True only marks style levels; without a style every line gets dots.
+            marks = {"markers": True} if "style" in line else {"marker": "o"}
+            sns.lineplot(data=frame, x="cut_index", y=column, ax=ax, errorbar=("ci", 95), seed=0, **marks, **line)
+            ax.set_title(f"{name}: {what}" if what else name, fontsize=8)
+            ax.set_ylabel(ylabel)
+            _cut_axis(ax, frame)
+            if column == "cka":
+                ax.set_ylim(0, 1.05)
+            else:
+                ax.axhline(0, color="0.6", lw=0.8)
+            if ax.get_legend() is not None:
+                ax.legend(fontsize=6, title_fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def _titled(title: str, caption: str) -> str:
+    return title + (f": {caption}" if caption else "")
+
+
+def plot(results, folder: Path | None = None, *, caption: str | None = None) -> dict:
+    """The experiment's figures, saved as PNG and PDF into `folder` (default: the run's figures
+    folder): Figs. 2A and 5 for connectivity, 3A for label_noise, 2C, 3B, 3C, 7 and 9 for
+    more_is_better. Returns the figures by name and the paths written."""
     folder = results.setup.figures if folder is None else folder
-    if caption is None:
-        caption = data_caption(results.setup)
+    caption = data_caption(results.setup) if caption is None else caption
     sns.set_theme(context="paper", style="ticks")
+    figures = {"connectivity": _connectivity, "label_noise": _label_noise,
+               "more_is_better": _more_is_better}[results.setup.experiment](results, caption)
+    paths = [path for name, fig in figures.items() for path in save_figure(fig, folder, name)]
+    return {**figures, "paths": paths}
+
+
+def _connectivity(results, caption: str) -> dict:
+    """Fig. 2A (stitching penalty per cut, another seed vs a random network, one panel per model;
+    after training the stitcher and at its least-squares initialisation) and Fig. 5 (CKA)."""
     t = results.table.copy()
     t["width"] = t["width"].map(lambda w: f"{w:g}x")
     t["bottom"] = t["bottom"].map({"trained": "another seed", "random": "random network"})
-    families = list(dict.fromkeys(t["family"]))
-    kw = dict(x="cut_index", hue="width", style="bottom", style_order=["another seed", "random network"],
-              markers=True, errorbar=("ci", 95), seed=0)
+    panels = {family: f for family, f in t.groupby("family", sort=False)}
+    line = dict(hue="width", style="bottom", style_order=["another seed", "random network"])
+    return {"fig2a_connectivity": _grid(panels, ["penalty", "penalty_init"],
+                                        _titled("Stitching connectivity (Fig. 2A)", caption), **line),
+            "fig5_cka": _grid(panels, ["cka"], _titled("CKA at the same cuts (Fig. 5)", caption), **line)}
 
-    def panels(columns, titles, ylabel):
-        fig, axes = plt.subplots(len(columns), len(families), figsize=(3.4 * len(families), 3.6 * len(columns)),
-                                 squeeze=False, sharey="row")
-        for r, (column, title) in enumerate(zip(columns, titles)):
-            for c, family in enumerate(families):
-                ax, f = axes[r][c], t[t["family"] == family]
-                sns.lineplot(data=f, y=column, ax=ax, **kw)
-                ax.set_title(f"{family}: {title}" if title else family, fontsize=8)
-                ax.set_ylabel(ylabel)
-                _cut_axis(ax, f)
-                if ax.get_legend() is not None and (r, c) != (0, 0):
-                    ax.get_legend().remove()
-                if column.startswith("penalty"):
-                    ax.axhline(0, color="0.6", lw=0.8)
-        return fig, axes
 
-    fig_a, _ = panels(["penalty", "penalty_init"], ["after training", "at least-squares init"],
-                      "stitching penalty (points)")
-    fig_a.suptitle("Stitching connectivity (Fig. 2A)" + (f": {caption}" if caption else ""), fontsize=9)
-    fig_a.tight_layout()
-    fig_c, axes = panels(["cka"], [""], "linear CKA(top, bottom)")
-    for ax in axes[0]:
-        ax.set_ylim(0, 1.05)
-    fig_c.suptitle("CKA at the same cuts (Fig. 5)" + (f": {caption}" if caption else ""), fontsize=9)
-    fig_c.tight_layout()
+def _label_noise(results, caption: str) -> dict:
+    """Fig. 3A: each weak bottom into the clean top, penalty after training and at init, and CKA."""
+    t = results.table
+    fig = _grid({"bottoms into a clean-label top": t}, ["penalty", "penalty_init", "cka"],
+                _titled("Changing the label distribution (Fig. 3A)", caption), hue="pair")
+    return {"fig3a_label_noise": fig}
 
-    paths = save_figure(fig_a, folder, "fig2a_connectivity") + save_figure(fig_c, folder, "fig5_cka")
-    return {"fig2a": fig_a, "fig5": fig_c, "paths": paths}
+
+def _more_is_better(results, caption: str) -> dict:
+    """Figs. 2C (samples), 3B (training time), 3C (width, both directions), 7 (CKA for the
+    three) and 9 (freeze training)."""
+    t = results.table
+    panels = {name: f for name, f in t.groupby("panel", sort=False)}
+    stitched = {name: f for name, f in panels.items() if f["penalty"].notna().any()}
+    widths = {name: f for name, f in stitched.items() if name.startswith("width")}
+    rows = ["penalty", "penalty_init"]
+    figures = {
+        "fig2c_samples": _grid({"samples": stitched["samples"]}, rows,
+                               _titled("More samples (Fig. 2C)", caption), hue="pair"),
+        "fig3b_training_time": _grid({"training time": stitched["training time"]}, rows,
+                                     _titled("More training time (Fig. 3B)", caption), hue="pair"),
+        "fig3c_width": _grid(widths, rows, _titled("More width (Fig. 3C)", caption), hue="pair"),
+    }
+    cka = {"samples": panels["samples"], "training time": panels["training time"],
+           "width": pd.concat([f for name, f in panels.items() if name.startswith("width")])}
+    figures["fig7_more_cka"] = _grid(cka, ["cka"], _titled("More is similar with CKA? (Fig. 7)", caption),
+                                     hue="pair")
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    sns.lineplot(data=results.curves, x="step", y="test_error", hue="run", marker="o", ax=ax)
+    ax.set_xlabel("SGD steps on all training images")
+    ax.set_ylabel("test error (%)")
+    ax.legend(fontsize=6)
+    ax.set_title(_titled("Freeze training (Fig. 9)", caption), fontsize=8)
+    fig.tight_layout()
+    figures["fig9_freeze"] = fig
+    return figures

@@ -74,9 +74,16 @@ class CorruptArtifactWarning(UserWarning):
 # --------------------------------------------------------------------------- versions and roots
 
 
+# Modules that only read results (figures, claim verdicts) or re-export names: changing them
+# must not invalidate what is stored. (The package version is part of code_version anyway.)
+NOT_VERSIONED = ("__init__.py", "claims.py", "plotting.py")
+
+
 def _hash_sources(directory: pathlib.Path) -> str:
     h = hashlib.sha256()
     for file in sorted(directory.glob("*.py"), key=lambda p: p.name):
+        if file.name in NOT_VERSIONED:
+            continue
         data = file.read_bytes()
         # Name and length frame each file so that renaming a module, or moving
         # bytes from one file to the next, also changes the digest.
@@ -88,7 +95,8 @@ def _hash_sources(directory: pathlib.Path) -> str:
 
 @functools.lru_cache(maxsize=None)
 def code_version() -> str:
-    """``<stitchlib.__version__>+<12 hex of sha256 over stitchlib/*.py>``, cached per process."""
+    """``<stitchlib.__version__>+<12 hex of sha256 over stitchlib/*.py>`` (but NOT_VERSIONED), cached
+    per process."""
     from stitchlib import __version__
 
     return f"{__version__}+{_hash_sources(_PACKAGE_DIR)[:12]}"

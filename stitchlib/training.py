@@ -10,6 +10,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .data import DeviceLoader, Split
+from .models import spine
 
 __all__ = ["Recipe", "RECIPES", "resolve_device", "train_model", "error_rate"]
 
@@ -78,11 +79,13 @@ class Recipe:
 
     def build(self, model: nn.Module, total: int):
         """(optimizer, scheduler) for `total` steps."""
+        # Only what trains: frozen stages (freeze training) take no weight decay either.
+        params = [p for p in model.parameters() if p.requires_grad]
         if self.optimizer == "sgd":
-            opt = torch.optim.SGD(model.parameters(), lr=self.lr, momentum=self.momentum,
+            opt = torch.optim.SGD(params, lr=self.lr, momentum=self.momentum,
                                   weight_decay=self.weight_decay)
         else:
-            opt = torch.optim.AdamW(model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+            opt = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
         if self.schedule == "step":
             sched = torch.optim.lr_scheduler.MultiStepLR(opt, [round(m * total) for m in self.milestones],
                                                          gamma=self.gamma)
@@ -115,13 +118,26 @@ def train_model(
     seed: int = 0,
     device: str | torch.device = "auto",
     checkpoints: tuple[float, ...] = (),
+    frozen: int = 0,
     desc: str = "train",
     progress: bool = True,
 ) -> dict[float, dict]:
     """Train `model` in place. Returns {epoch: state_dict} for every epoch listed in
-    `checkpoints` (plus the final one), copied to the CPU."""
+    `checkpoints` (plus the final one), copied to the CPU.
+
+    `frozen`: the first `frozen` stages of the model's spine (see `cut_points`) stay exactly as
+    they are: no gradient, no weight decay, and BatchNorm in eval mode so that its running
+    statistics do not move either (freeze training, Appendix B.4)."""
     device = resolve_device(device)
     channels_last(model.to(device)).train()
+    if isinstance(frozen, bool) or not isinstance(frozen, int) or frozen < 0:
+        raise ValueError(f"frozen must be a number of stages >= 0, got {frozen!r}")
+    stages = spine(model) if frozen else []  # any nn.Module trains; only freezing needs a spine
+    if frozen >= max(len(stages), 1):
+        raise ValueError(f"frozen={frozen}, but the model has {len(stages)} stages and at least the last "
+                         f"must train; valid: 0 to {len(stages) - 1}")
+    for stage in stages[:frozen]:
+        stage.eval().requires_grad_(False)
     loader = DeviceLoader(split, mean, std, batch_size=recipe.batch_size, train=True, device=device, seed=seed)
     total = recipe.steps or max(1, math.ceil(recipe.epochs * len(loader)))
     length = total / len(loader)
@@ -137,7 +153,11 @@ def train_model(
         if step in wanted:
             saved[wanted[step]] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
-    run_steps(model, loader, opt, sched, total, desc=desc, progress=progress, after_step=checkpoint)
+    try:
+        run_steps(model, loader, opt, sched, total, desc=desc, progress=progress, after_step=checkpoint)
+    finally:
+        for stage in stages[:frozen]:
+            stage.requires_grad_(True)
     model.eval()
     return saved
 

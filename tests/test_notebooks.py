@@ -1,6 +1,9 @@
 """Notebook conventions: one papermill parameters cell, documented and typed, thin cells, and
 profile YAML files that match the library's profiles."""
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import papermill
@@ -10,7 +13,7 @@ import yaml
 from stitchlib.experiments import PROFILES
 
 ROOT = Path(__file__).resolve().parent.parent
-NOTEBOOKS = {"01_connectivity": "connectivity"}
+NOTEBOOKS = {"01_connectivity": "connectivity", "03_label_noise": "label_noise", "04_more_is_better": "more_is_better"}
 
 
 @pytest.mark.parametrize("name", sorted(NOTEBOOKS))
@@ -46,3 +49,27 @@ def test_profile_yaml_matches_the_library(name, profile):
     for key, value in values.items():
         if key in PROFILES[NOTEBOOKS[name]][profile]:
             assert value == PROFILES[NOTEBOOKS[name]][profile][key], key
+
+
+def test_the_users_papermill_command_works_from_any_directory(tmp_path):
+    """`papermill 04_more_is_better.ipynb out.ipynb -p samples N` from a directory that is neither
+    the repository nor notebooks/: the store and the figures land where the environment says, and
+    `samples` sets the size of the "more samples" bottom. Tiny sizes keep it short."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = dict(os.environ, STITCHLIB_STORE=str(tmp_path / "store"), STITCHLIB_FIGURES=str(tmp_path / "figures"))
+    tiny = dict(width=0.0625, train_samples=512, test_samples=256, epochs=1.0, fewer_samples=256, top_samples=512,
+                top_epoch=0.5, stitch_samples=256, stitch_epochs=0.5, ls_samples=256, cka_samples=128, device="cpu")
+    args = [a for k, v in tiny.items() for a in ("-p", k, str(v))]
+    args += ["-y", "widths: [0.03125, 0.0625]", "-y", "checkpoint_epochs: [0.5, 1.0]"]
+    papermill = Path(sys.executable).with_name("papermill")
+    subprocess.run([str(papermill), str(ROOT / "notebooks" / "04_more_is_better.ipynb"), "out.ipynb",
+                    "-p", "samples", "1024", *args, "--log-level", "WARNING"],
+                   cwd=elsewhere, env=env, check=True, timeout=600)
+    out = json.loads((elsewhere / "out.ipynb").read_text())
+    text = "".join("".join(o.get("text", "")) for c in out["cells"] for o in c.get("outputs", []))
+    assert "samples            1024" in text and "1,024 samples into 512" in text
+    assert (tmp_path / "figures" / "smoke" / "fig2c_samples.png").exists()
+    assert (tmp_path / "figures" / "smoke" / "04_more_is_better.csv").exists()
+    assert (tmp_path / "store" / "model").is_dir()
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["out.ipynb"]  # nothing written where it ran

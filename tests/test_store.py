@@ -88,6 +88,24 @@ def test_source_hash_tracks_every_byte_and_name(tmp_path):
     assert store_mod._hash_sources(tmp_path) != changed
 
 
+def test_modules_that_only_read_results_do_not_version_the_store(tmp_path):
+    (tmp_path / "experiments.py").write_bytes(b"x = 1\n")
+    for name in store_mod.NOT_VERSIONED:
+        (tmp_path / name).write_bytes(b"threshold = 1\n")
+    base = store_mod._hash_sources(tmp_path)
+    for name in store_mod.NOT_VERSIONED:
+        (tmp_path / name).write_bytes(b"threshold = 2\n")
+    assert store_mod._hash_sources(tmp_path) == base
+    (tmp_path / "experiments.py").write_bytes(b"x = 2\n")
+    assert store_mod._hash_sources(tmp_path) != base
+    # Neither module may feed anything the store keeps.
+    import stitchlib.claims
+    import stitchlib.plotting
+    assert {"claims.py", "plotting.py"} <= set(store_mod.NOT_VERSIONED)
+    for module in (stitchlib.claims, stitchlib.plotting):
+        assert "Store" not in vars(module) and "cached" not in open(module.__file__).read()
+
+
 def test_env_var_moves_root(tmp_path, monkeypatch):
     target = tmp_path / "elsewhere"
     monkeypatch.setenv("STITCHLIB_STORE", str(target))

@@ -96,3 +96,33 @@ def test_learning_rate_schedules(schedule, expected):
         opt.step()
         sched.step()
     assert opt.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
+
+
+@pytest.mark.parametrize("arch,width", [("resnet18", 0.0625), ("myrtle", 0.125)])
+def test_frozen_stages_stay_bit_identical_while_the_rest_trains(cifar, arch, width):
+    from stitchlib.models import spine
+
+    train = D.subset(cifar.train, 512, seed=0)
+    m = stitchlib.build_model(arch, seed=0, width=width)
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    frozen = 2
+    frozen_keys = {f"{name}.{k}" for name, mod in m.named_modules() if mod in spine(m)[:frozen]
+                   for k in mod.state_dict()}
+    assert frozen_keys
+    train_model(m, train, cifar.mean, cifar.std, Recipe(epochs=1), frozen=frozen, device="cpu")
+    after = m.state_dict()
+    # Weights and BatchNorm statistics of the frozen stages: untouched. Everything else moved.
+    assert all(torch.equal(before[k], after[k]) for k in frozen_keys)
+    moved = [k for k in after if k not in frozen_keys and after[k].is_floating_point()
+             and not torch.equal(before[k], after[k])]
+    assert moved and all(p.requires_grad for p in m.parameters())  # unfrozen again afterwards
+
+
+def test_bad_frozen_counts(cifar):
+    train = D.subset(cifar.train, 256, seed=0)
+    m = stitchlib.build_model("resnet18", seed=0, width=0.0625)
+    n = len(stitchlib.cut_points(m)) + 1  # stages: one per cut, plus the head
+    with pytest.raises(ValueError, match=rf"frozen={n}, but the model has {n} stages.*valid: 0 to {n - 1}"):
+        train_model(m, train, cifar.mean, cifar.std, Recipe(epochs=1), frozen=n, device="cpu")
+    with pytest.raises(ValueError, match="frozen must be a number of stages >= 0"):
+        train_model(m, train, cifar.mean, cifar.std, Recipe(epochs=1), frozen=-1, device="cpu")

@@ -6,6 +6,8 @@ cells change, then refresh the outputs.
 import nbformat as nbf
 from pathlib import Path
 
+from stitchlib.experiments import PROFILES
+
 HERE = Path(__file__).resolve().parent.parent / "notebooks"
 
 
@@ -20,9 +22,47 @@ def md(src):
     return nbf.v4.new_markdown_cell(src.strip("\n"))
 
 
-def connectivity():
+def parameter_names(source):
+    return [line.split(":", 1)[0] for line in source.strip().splitlines() if not line.startswith("#")]
+
+
+def notebook(name, experiment, header, parameters, thresholds, compute):
+    """The thin layout every notebook shares: claim, parameters, thresholds and why, one setup
+    call, one cached compute call, the checked claims, the numbers behind them, the figures."""
+    names = parameter_names(parameters)
+    library = [n for n in names if n in PROFILES[experiment]["smoke"]]
+    claims = [n for n in names if n not in library and n not in ("profile", "device")]
+
+    def call(head, args, indent):
+        lines, line = [], head
+        for arg in args:
+            piece = f"{arg}={arg}, "
+            if len(line) + len(piece) > 110:
+                lines.append(line.rstrip())
+                line = " " * indent
+            line += piece
+        lines.append(line.rstrip().rstrip(","))
+        return "\n".join(lines)
+
+    setup = call(f'run = stitchlib.setup(\n    "{experiment}", profile=profile, device=device, ', library, 4) + ",\n)"
     cells = [
-        md("""
+        md(header),
+        code(parameters, tags=["parameters"]),
+        md(thresholds),
+        code("import stitchlib\n\n" + setup + "\nrun.describe()"),
+        code(f"results = stitchlib.{compute}(run)  # cached: a second run with the same parameters only loads"),
+        code("# NBVAL_CHECK_OUTPUT\n" + call("claims = stitchlib.check_claims(results, ", claims, 32) + ")\n"
+             'print(claims[["claim", "model", "threshold", "holds"]].to_string(index=False))'),
+        code("stitchlib.summarize(results, claims)"),
+        code("figures = stitchlib.plot(results)"),
+    ]
+    nb = nbf.v4.new_notebook(cells=cells)
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.metadata["language_info"] = {"name": "python"}
+    nbf.write(nb, HERE / f"{name}.ipynb")
+
+
+CONNECTIVITY_HEADER = """
 # 01 · Stitching connectivity (Fig. 2A) and CKA against a random network (Fig. 5)
 
 **Claim (Section 4 of Bansal, Nakkiran & Barak, 2021).** Two networks trained identically from
@@ -49,8 +89,9 @@ Run: `make figures` (smoke) or `make figures PROFILE=paper`, or
 `papermill 01_connectivity.ipynb out.ipynb -f params/01_connectivity.paper.yaml`.
 Data here is the lossy **CIFAR-10 JPEG copy** when that is what is available: its numbers are
 self-consistent but are not the paper's.
-"""),
-        code('''
+"""
+
+CONNECTIVITY_PARAMETERS = """
 profile: str = "smoke"  # "smoke": a 2-core CPU in minutes; "paper": Appendix A's scale on one GPU
 device: str = "auto"  # "auto" (CUDA when present, else CPU), "cpu", "cuda" or "cuda:N"
 dataset: str = None  # "cifar10" or "fashion_mnist"; None: the profile's ("cifar10")
@@ -72,8 +113,9 @@ disjoint: bool = None  # add the panel of two ResNet-18s trained on disjoint hal
 connected_max_penalty: float = 10.0  # claim (a) holds if no seed-pair penalty exceeds this (points)
 random_late_gap: float = 10.0  # claim (b) holds if, at the later half of the cuts, a random bottom costs this much more on average (points)
 random_early_max: float = 10.0  # claim (c) holds if a random bottom's penalty at the first cut stays below this (points)
-''', tags=["parameters"]),
-        md("""
+"""
+
+CONNECTIVITY_THRESHOLDS = """
 **Thresholds, and why.** (a) 10 points at most, at every cut, for every model: the paper finds up
 to 3 points at full scale. The smoke models are trained for a few CPU minutes to 30-50% accuracy,
 their early layers are far from converged, and each error is measured on 1,000 test images (a
@@ -89,39 +131,151 @@ for ResNet-18, where the paper shows the random control; the other panels draw t
 without a verdict. (A random ViT is a weak control: its residual blocks, at timm's small
 initialisation, pass the patch embedding through almost unchanged, so a trained stitcher can still
 read it.)
-"""),
-        code('''
-import stitchlib
+"""
 
-run = stitchlib.setup(
-    "connectivity", profile=profile, device=device, dataset=dataset, arch=arch, widths=widths, seeds=seeds,
-    random_seed=random_seed, train_samples=train_samples, test_samples=test_samples, epochs=epochs,
-    stitch_samples=stitch_samples, stitch_epochs=stitch_epochs, stitch_lr=stitch_lr, ls_samples=ls_samples,
-    cka_samples=cka_samples, cka_estimator=cka_estimator, architectures=architectures, disjoint=disjoint,
-)
-run.describe()
-'''),
-        code('''
-results = stitchlib.connectivity(run)  # cached: a second run with the same parameters only loads
-'''),
-        code('''
-# NBVAL_CHECK_OUTPUT
-claims = stitchlib.check_claims(results, connected_max_penalty=connected_max_penalty,
-                                random_late_gap=random_late_gap, random_early_max=random_early_max)
-print(claims[["claim", "model", "threshold", "holds"]].to_string(index=False))
-'''),
-        code('''
-stitchlib.summarize(results, claims)
-'''),
-        code('''
-figures = stitchlib.plot_connectivity(results)
-'''),
-    ]
-    nb = nbf.v4.new_notebook(cells=cells)
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nb.metadata["language_info"] = {"name": "python"}
-    nbf.write(nb, HERE / "01_connectivity.ipynb")
+LABEL_NOISE_HEADER = """
+# 03 · Changing the label distribution (Fig. 3A)
+
+**Claim (Section 5 of Bansal, Nakkiran & Barak, 2021: "all roads lead to Rome").** The early
+layers of a ResNet-18 learn much the same representation whatever the labels it is trained on, as
+long as they carry some information: bottoms trained on the coarse Objects-vs-Animals task or with
+10% or 50% of the labels replaced by random ones stitch into a top trained on clean CIFAR-10 labels
+at the first half of the cut points about as well as another clean-label seed does. A bottom
+trained on 100% random labels learns nothing about the classes, and stitching it costs far more at
+the later cuts. CKA between each weak model and the clean top is computed at the same cuts.
+
+The clean top (seed 0) and the clean reference bottom (seed 1) are `01_connectivity`'s ResNet-18 at
+the middle width, taken from the artifact store. Every weak bottom has seed 1 and the same images
+in the same order: only the labels differ. The stitcher trains on clean labels of images the top
+was trained on.
+
+| profile | what | runtime |
+|---|---|---|
+| `smoke` (default) | ResNet-18 at width 1/8, 10K training images, 4 epochs; stitcher: 2 epochs over 2K images | ≈ 2 min on 2 CPU cores beyond what `01_connectivity` stored, ≈ 10 s warm |
+| `paper` | ResNet-18 at width 1, all 50K images, 164 epochs (64K steps); stitcher: 10 epochs over 50K images | about 50 min on one H200 (estimate, see README) |
+
+Run: `make figures` (smoke) or `make figures PROFILE=paper`, or
+`papermill 03_label_noise.ipynb out.ipynb -p noise '[0.2, 1.0]'`.
+"""
+
+LABEL_NOISE_PARAMETERS = """
+profile: str = "smoke"  # "smoke": a 2-core CPU in minutes; "paper": Appendix A's scale on one GPU
+device: str = "auto"  # "auto" (CUDA when present, else CPU), "cpu", "cuda" or "cuda:N"
+dataset: str = None  # "cifar10" (coarse labels need CIFAR-10's classes); None: the profile's ("cifar10")
+arch: str = None  # architecture; None: "resnet18" (the CIFAR ResNet-18 of the paper)
+width: float = None  # width multiplier of every model (first layer 64 x width); None: smoke 0.125, paper 1.0
+seeds: list = None  # [top, bottom]: the clean top's seed, and the seed of every bottom; None: [0, 1]
+train_samples: int = None  # training images per model; None: smoke 10000, paper 50000
+test_samples: int = None  # test images for every error; None: smoke 1000, paper 10000
+epochs: float = None  # epochs of the paper's SGD recipe; None: smoke 4, paper 164 (64K steps)
+noise: list = None  # label-noise fractions p: round(p x N) labels drawn uniformly at random; None: [0.1, 0.5, 1.0]
+coarse: bool = None  # add the bottom trained on Objects vs Animals (Appendix A.2); None: True
+stitch_samples: int = None  # training images the stitcher sees (at most train_samples); None: smoke 2000, paper 50000
+stitch_epochs: float = None  # stitcher epochs (Adam, cosine schedule); 0: least-squares init only; None: smoke 2, paper 10
+stitch_lr: float = None  # stitcher learning rate; None: paper 1e-3 (the paper's), smoke 3e-2 (only 32 steps there)
+ls_samples: int = None  # images for the stitcher's least-squares initialisation; None: smoke 500, paper 10000
+cka_samples: int = None  # test images for CKA (at most test_samples); None: smoke 500, paper 10000
+cka_estimator: str = None  # "exact" (biased linear CKA) or "minibatch" (Nguyen 2021); None: smoke exact, paper minibatch
+early_max_excess: float = 6.0  # claim (a) holds if a weak bottom's mean penalty over the first half of the cuts exceeds the clean seed's by at most this (points)
+noise_late_min_excess: float = 10.0  # claim (b) holds if the 100%-noise bottom's mean penalty over the later half exceeds the clean seed's by at least this (points)
+"""
+
+LABEL_NOISE_THRESHOLDS = """
+**Thresholds, and why.** The paper's claim is relative: the weak models' early layers are "as good
+as" the clean model's. So each statistic is a weak bottom's mean penalty over a half of the cut
+points *minus* that of the clean reference bottom (another seed, clean labels), which absorbs what
+the stitcher itself costs. At smoke scale the clean pair costs 2-6 points at the early cuts
+(models at about 47% accuracy after 4 CPU epochs, a 32-step stitcher, 1,000 test images: a
+standard error of about 1.6 points per error). (a) 6 points at most over the first half (stem to
+layer2.1): measured 2.8 (coarse), 3.2 (10%) and 4.1 (50%), while the 100%-noise bottom exceeds the
+reference by 12 there. (b) at least 10 points over the later half: the 100%-noise bottom costs 25
+points more than the clean seed there. At the paper's scale the paper reports near-zero early
+penalties for every weak model but the 100%-noise one.
+"""
+
+MORE_HEADER = """
+# 04 · More is better: samples (Fig. 2C), training time (Fig. 3B), width (Fig. 3C), CKA (Fig. 7), freeze training (Fig. 9)
+
+**Claim (Section 6 of Bansal, Nakkiran & Barak, 2021).** Representations learned with more data,
+more training time or more width are better versions of the same representation: they plug into a
+weaker model's top through a single linear stitching layer and *lower* its error (a negative
+stitching penalty), while the weaker model's representation does not help a stronger one. Early
+layers converge faster during training, and need fewer samples: the layers whose penalty is near
+zero when trained on few samples can be trained on those few, frozen, and the rest trained on all
+images, ending near a normally trained network (Appendix B.4). CKA is computed for the same pairs
+(Appendix B.2.3).
+
+- **samples**: bottoms (seed 1) trained on `fewer_samples`, `top_samples` and `samples` images,
+  stitched into a top (seed 0) trained on `top_samples`. Every one takes as many SGD steps as the
+  base recipe, as in the paper (64K steps whatever the size), so the paper's sizes 5K, 10K and 25K
+  cost no more in the smoke profile. The stitcher only sees the top's images.
+- **training time**: one run of `epochs`, checkpointed at `checkpoint_epochs`, each stitched into
+  the `top_epoch` checkpoint (the paper: 40, 80 and 160 into 80).
+- **width**: bottoms of each of `widths` into the `width` top, and the `width` bottom into tops
+  of each width (the reverse direction).
+- **freeze training**: the longest run of stages from the input whose penalty, as the
+  `fewer_samples` bottom, stays within `freeze_max_penalty` (stitching at a cut tests the whole
+  bottom up to it, so only a prefix can be frozen) is copied from that model and frozen; the rest
+  trains from scratch on all 50K training images, beside a network trained normally on them for
+  the same number of steps. (The paper also froze three top layers chosen the reverse way.)
+
+| profile | what | runtime |
+|---|---|---|
+| `smoke` (default) | ResNet-18 at width 1/8 (widths 1/32, 1/8, 1/4: the paper's 0.25x : 1x : 2x); 316 SGD steps per model (4 epochs of 10K); checkpoints at epochs 1, 2, 4; stitcher: 2 epochs over 2K images | ≈ 4 min on 2 CPU cores beyond what `01_connectivity` stored, ≈ 15 s warm |
+| `paper` | ResNet-18 at width 1 (widths 0.25, 1, 2); 64K steps per model; checkpoints at epochs 40, 80, 160; stitcher: 10 epochs over 50K images | about 2 h on one H200 (estimate, see README) |
+
+Run: `make figures`, or `papermill 04_more_is_better.ipynb out.ipynb -p samples 25000` from
+`notebooks/` (any working directory works: give the notebook's path).
+"""
+
+MORE_PARAMETERS = """
+profile: str = "smoke"  # "smoke": a 2-core CPU in minutes; "paper": Appendix A's scale on one GPU
+device: str = "auto"  # "auto" (CUDA when present, else CPU), "cpu", "cuda" or "cuda:N"
+samples: int = None  # training images of the "more samples" bottom (Fig. 2C), stitched into the top_samples top; at most the 50000 of the training split; None: 25000
+fewer_samples: int = None  # training images of the "fewer samples" bottom, the one freeze training takes its frozen layers from; None: 5000
+top_samples: int = None  # training images of the samples experiment's top (and of its equal-samples bottom); None: 10000
+dataset: str = None  # "cifar10" or "fashion_mnist"; None: the profile's ("cifar10")
+arch: str = None  # architecture; None: "resnet18" (the CIFAR ResNet-18 of the paper)
+width: float = None  # width multiplier of every model outside the width experiment, and its 1x; None: smoke 0.125, paper 1.0
+widths: list = None  # the width experiment's widths; None: smoke [0.03125, 0.125, 0.25], paper [0.25, 1.0, 2.0]
+seeds: list = None  # [top, bottom]: the seed of every top, and of every bottom; None: [0, 1]
+train_samples: int = None  # training images of the width and training-time models; None: smoke 10000, paper 50000
+test_samples: int = None  # test images for every error; None: smoke 1000, paper 10000
+epochs: float = None  # epochs of train_samples images in the paper's recipe; every model takes that many SGD steps; None: smoke 4, paper 164 (64K steps)
+checkpoint_epochs: list = None  # checkpoints of the training-time run (at most epochs); None: smoke [1.0, 2.0, 4.0], paper [40.0, 80.0, 160.0]
+top_epoch: float = None  # the checkpoint they are stitched into; None: smoke 2, paper 80
+freeze_max_penalty: float = None  # "near zero" for freeze training: a stage is frozen if every cut up to it costs at most this (points); None: smoke 3, paper 1
+stitch_samples: int = None  # training images the stitcher sees (at most train_samples and top_samples); None: smoke 2000, paper 50000
+stitch_epochs: float = None  # stitcher epochs (Adam, cosine schedule); 0: least-squares init only; None: smoke 2, paper 10
+stitch_lr: float = None  # stitcher learning rate; None: paper 1e-3 (the paper's), smoke 3e-2 (only 32 steps there)
+ls_samples: int = None  # images for the stitcher's least-squares initialisation; None: smoke 500, paper 10000
+cka_samples: int = None  # test images for CKA (at most test_samples); None: smoke 500, paper 10000
+cka_estimator: str = None  # "exact" (biased linear CKA) or "minibatch" (Nguyen 2021); None: smoke exact, paper minibatch
+better_max_penalty: float = 0.0  # claims (a) hold if a stronger bottom's lowest penalty over the cuts is below this (points): it lowers the top's error
+narrower_late_min: float = 0.0  # claims (b) hold if a narrower bottom's lowest penalty over the later half of the cuts is above this (points): it never helps
+converge_gap: float = 2.0  # claim (c) holds if the earliest checkpoint's mean penalty over the later half exceeds that over the first half by this (points)
+freeze_margin: float = 5.0  # claim (d) holds if the freeze-trained network's final test error exceeds normal training's by at most this (points); the paper YAML sets 3
+"""
+
+MORE_THRESHOLDS = """
+**Thresholds, and why.** (a) A stronger bottom (more samples, or wider, in either direction of the
+width experiment) must lower the top's error at some cut: a negative lowest penalty, the paper's
+criterion. (b) A narrower bottom must not: its penalty stays above zero at every cut of the later
+half. (c) The earliest checkpoint stitched into the middle one costs more at the later cuts than
+at the early ones, by at least 2 points (measured at smoke: 3.9; its early cuts cost 2.0 on
+average, its later cuts 5.8). (d) The paper finds freeze training within 2 points (Section 6) or
+about 3 points (Appendix B.4) of normal training; the paper YAML uses 3. At smoke the margin is 5
+points: each final error is measured on 1,000 test images, so the difference of two errors near
+50% has a standard error of about 2.2 points, and 5 points is a little over two of them. Near zero
+for choosing the frozen layers is 3 points at smoke (the clean seed pair itself costs 2-6 points
+at the early cuts there) and 1 point at the paper's scale.
+"""
 
 
 if __name__ == "__main__":
-    connectivity()
+    notebook("01_connectivity", "connectivity", CONNECTIVITY_HEADER, CONNECTIVITY_PARAMETERS,
+             CONNECTIVITY_THRESHOLDS, "connectivity")
+    notebook("03_label_noise", "label_noise", LABEL_NOISE_HEADER, LABEL_NOISE_PARAMETERS, LABEL_NOISE_THRESHOLDS,
+             "label_noise")
+    notebook("04_more_is_better", "more_is_better", MORE_HEADER, MORE_PARAMETERS, MORE_THRESHOLDS,
+             "more_is_better")
