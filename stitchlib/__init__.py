@@ -2,15 +2,15 @@
 
 The public face: data (`load_dataset`), models (`build_model`, `cut_points`, `split`),
 training (`train_model`), stitching (`stitch`), similarity (`linear_cka`, `CKAAccumulator`),
-the artifact `Store`, and the notebooks' experiments (`setup`, `connectivity`, `label_noise`,
-`more_is_better`, `check_claims`, `summarize`, `plot`).
+the artifact `Store`, and the notebooks' experiments (`setup`, `connectivity`, `ssl_vs_e2e`, `label_noise`,
+`more_is_better`, `ablations`, `check_claims`, `summarize`, `plot`).
 """
 
 __version__ = "0.1.0"
 
 from .data import load_dataset
 from .claims import check_claims, summarize
-from .experiments import connectivity, label_noise, more_is_better, setup
+from .experiments import ablations, connectivity, label_noise, more_is_better, setup, ssl_vs_e2e
 from .models import build_model, cut_points, define_spine, split
 from .plotting import plot
 from .similarity import CKAAccumulator, linear_cka
@@ -20,6 +20,7 @@ from .training import train_model
 
 __all__ = [
     "load_dataset", "build_model", "cut_points", "split", "define_spine", "train_model", "stitch", "linear_cka",
-    "CKAAccumulator", "Store", "setup", "connectivity", "label_noise", "more_is_better", "check_claims", "summarize",
+    "CKAAccumulator", "Store", "setup", "connectivity", "ssl_vs_e2e", "label_noise", "more_is_better", "ablations", "check_claims",
+    "summarize",
     "plot",
 ]

@@ -116,6 +116,52 @@ def _more_is_better_claims(results: Results, *, better_max_penalty: float, narro
     return rows
 
 
+def _ablation_claims(t: pd.DataFrame, *, kernel_max_change: float, finetune_min_gap: float) -> list[tuple]:
+    rows = []
+    kernel = t[(t["panel"] == "kernel size") & t["penalty"].notna()]
+    base = kernel[kernel["value"] == 1].set_index("cut_index")["penalty"]
+    if not base.empty:
+        change = max((abs((f.set_index("cut_index")["penalty"] - base).mean()) for k, f in kernel.groupby("value")
+                      if k != 1), default=0.0)
+        rows.append(("(a) the kernel size barely matters: largest change of the mean penalty against k = 1 "
+                     "(points)", "ResNet-18", change, f"<= {kernel_max_change}", change <= kernel_max_change))
+    ft = t[t["panel"] == "fine-tuning vs stitching"]
+    late = _halves(ft)[1].pivot_table(index="cut_index", columns="pair", values="penalty")
+    gap = (late["stitching"] - late["fine-tuning"]).mean()
+    rows.append(("(b) fine-tuning makes a random bottom look good, stitching does not: mean penalty of stitching "
+                 "minus fine-tuning over the later half (points)", "random bottom", gap, f">= {finetune_min_gap}",
+                 gap >= finetune_min_gap))
+    return rows
+
+
+def _ssl_claims(t: pd.DataFrame, *, ssl_max_excess: float, cka_min_gap: float) -> list[tuple]:
+    cifar = t[t["panel"] == "CIFAR-10"]
+
+    def beyond_weaker(f):
+        # What stitching loses beyond the weaker of its two networks: with networks of equal
+        # accuracy (the paper's) this is the penalty; with a weaker SSS model it does not charge
+        # the stitch for the gap between the networks themselves.
+        return (f["error"] - f[["top_error", "bottom_error"]].max(axis=1)).max()
+
+    ref = beyond_weaker(cifar[cifar["direction"] == "E2E into E2E"])
+    rows = []
+    for direction in ("SSS into E2E", "E2E into SSS"):
+        stat = beyond_weaker(cifar[cifar["direction"] == direction]) - ref
+        rows.append(("(a) SSS and E2E are stitching-connected like two supervised seeds: largest error beyond the "
+                     "weaker network's, minus the seed pair's (points)", direction, stat, f"<= {ssl_max_excess}",
+                     stat <= ssl_max_excess))
+    cka = cifar.groupby("direction")["cka"].mean()
+    gap = cka["E2E into E2E"] - cka["SSS into E2E"]
+    rows.append(("(b) yet CKA calls them less similar: mean CKA of the seed pair minus SSS-E2E's", "CKA", gap,
+                 f"> {cka_min_gap}", gap > cka_min_gap))
+    imagenet = t[t["panel"] == "ImageNet"]
+    for pair, f in imagenet.groupby("pair", sort=False):
+        stat = f["penalty"].max()
+        rows.append(("(c) ImageNet: a self-supervised ResNet-50 stitches into the supervised one: largest penalty "
+                     "(points)", pair, stat, f"<= {ssl_max_excess}", stat <= ssl_max_excess))
+    return rows
+
+
 def check_claims(results: Results, **thresholds: float) -> pd.DataFrame:
     """The paper's claims for `results`, one row each: claim, model, statistic, threshold, verdict.
     The thresholds are the notebook's parameters of the same names.
@@ -125,12 +171,19 @@ def check_claims(results: Results, **thresholds: float) -> pd.DataFrame:
     label_noise: (a) for each weak bottom but the 100%-noise one, (b) for the 100%-noise one.
     more_is_better: (a) more samples and more width help, in both directions of the width
     experiment; (b) less width does not; (c) training time; (d) freeze training.
+    ssl_vs_e2e: (a) both directions of SSS-E2E stitching against the seed pair, (b) CKA; (c) each
+    ImageNet pair, when that panel ran.
+    ablations: (a) kernel size, (b) fine-tuning vs stitching.
     """
     experiment = results.setup.experiment
     if experiment == "connectivity":
         rows = _connectivity_claims(results.table, **thresholds)
     elif experiment == "label_noise":
         rows = _label_noise_claims(results.table, **thresholds)
+    elif experiment == "ssl_vs_e2e":
+        rows = _ssl_claims(results.table, **thresholds)
+    elif experiment == "ablations":
+        rows = _ablation_claims(results.table, **thresholds)
     else:
         rows = _more_is_better_claims(results, **thresholds)
     return pd.DataFrame(rows, columns=_CLAIM_COLUMNS)
@@ -156,6 +209,11 @@ def summarize(results: Results, claims: pd.DataFrame) -> None:
                 what = "stitching penalty after training (points)" if value == "penalty" else "linear CKA(top, bottom)"
                 print(f"\n{name}: {what}:")
                 print(pivot.round(2).to_string())
+        for note in results.notes:
+            print(f"\nnote: {note}")
+        if results.overview is not None:
+            print("\nTable 1, with our numbers:")
+            print(results.overview.set_index("method").T.to_string())
         if results.curves is not None:
             print("\nfreeze training: test error (%) against SGD steps:")
             print(results.curves.pivot_table(index="step", columns="run", values="test_error", sort=False)

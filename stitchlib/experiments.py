@@ -24,11 +24,14 @@ from tqdm.auto import tqdm
 from . import data as data_mod
 from .models import ARCHITECTURES, build_model, cut_points, spine
 from .similarity import CKAAccumulator
+from .pretrained import IMAGENET_WEIGHTS, WeightsNotFoundError, load_imagenet_folder, load_resnet50
+from .ssl import train_simclr
 from .stitching import stitch
 from .store import Store
 from .training import RECIPES, Recipe, error_rate, resolve_device, train_model
 
-__all__ = ["PROFILES", "Setup", "setup", "Results", "connectivity", "label_noise", "more_is_better"]
+__all__ = ["PROFILES", "Setup", "setup", "Results", "connectivity", "ssl_vs_e2e", "label_noise", "more_is_better",
+           "ablations"]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -82,6 +85,22 @@ PROFILES: dict[str, dict[str, dict]] = {
                       samples=25000, checkpoint_epochs=[40.0, 80.0, 160.0], top_epoch=80.0,
                       widths=[0.25, 1.0, 2.0], freeze_max_penalty=1.0, **_STITCH["paper"]),
     },
+    "ssl_vs_e2e": {
+        "smoke": dict(**_BASE["smoke"], width=0.125, seeds=[0, 1], simclr_epochs=6.0, probe_epochs=4.0,
+                      imagenet_dir="", imagenet_weights=["simclr", "swav", "dino"], imagenet_samples=200,
+                      **_STITCH["smoke"]),
+        "paper": dict(**_BASE["paper"], width=1.0, seeds=[0, 1], simclr_epochs=500.0, probe_epochs=100.0,
+                      imagenet_dir="", imagenet_weights=["simclr", "swav", "dino"], imagenet_samples=10000,
+                      **_STITCH["paper"]),
+    },
+    "ablations": {
+        "smoke": dict(**_BASE["smoke"], width=0.125, seeds=[0, 1], kernel_sizes=[1, 3, 5, 7, 9],
+                      finetune_arch={"width": 0.5, "depth": 11}, finetune_epochs=2.0, random_seed=100,
+                      **_STITCH["smoke"]),
+        "paper": dict(**_BASE["paper"], width=1.0, seeds=[0, 1], kernel_sizes=[1, 3, 5, 7, 9],
+                      finetune_arch={"width": 1.0, "depth": 164}, finetune_epochs=164.0, random_seed=100,
+                      **_STITCH["paper"]),
+    },
 }
 
 _NUMBER = (int, float)
@@ -91,7 +110,9 @@ PARAM_TYPES = dict(
     test_samples=int, epochs=_NUMBER, stitch_samples=int, stitch_epochs=_NUMBER, stitch_lr=_NUMBER,
     ls_samples=int, cka_samples=int, cka_estimator=str, device=str, profile=str, architectures=dict,
     disjoint=bool, noise=list, coarse=bool, fewer_samples=int, top_samples=int, samples=int,
-    checkpoint_epochs=list, top_epoch=_NUMBER, freeze_max_penalty=_NUMBER,
+    checkpoint_epochs=list, top_epoch=_NUMBER, freeze_max_penalty=_NUMBER, kernel_sizes=list,
+    finetune_arch=dict, finetune_epochs=_NUMBER, simclr_epochs=_NUMBER, probe_epochs=_NUMBER, imagenet_dir=str,
+    imagenet_weights=list, imagenet_samples=int,
 )
 # Sample sizes drawn from the training split; the rest come from the test split.
 _TRAIN_SIZES = ("train_samples", "fewer_samples", "top_samples", "samples")
@@ -219,6 +240,28 @@ def _validate(p: dict) -> None:
             raise ValueError(f"checkpoint_epochs (and top_epoch) must be a non-empty list of epochs in (0, "
                              f"epochs={p['epochs']:g}], the length of the run they are taken from; got "
                              f"{p['checkpoint_epochs']!r} and top_epoch={p['top_epoch']!r}")
+    if "kernel_sizes" in p and (not p["kernel_sizes"] or not all(
+            isinstance(k, int) and not isinstance(k, bool) and k > 0 and k % 2 == 1 for k in p["kernel_sizes"])):
+        raise ValueError("kernel_sizes must list odd positive ints (1, 3, 5, ...: a k x k stitcher is centred on "
+                         f"its pixel), got {p['kernel_sizes']!r}")
+    if "finetune_arch" in p:
+        opts = p["finetune_arch"]
+        if not isinstance(opts, dict) or set(opts) - {"width", "depth"}:
+            raise ValueError(f"finetune_arch must be a dict of width and depth (the ResNet-164 family), got {opts!r}")
+        build_model("preact_resnet", seed=0, **opts)  # a bad depth or width fails here
+        if not p["finetune_epochs"] > 0:
+            raise ValueError(f"finetune_epochs must be > 0, got {p['finetune_epochs']!r}")
+    if "simclr_epochs" in p:
+        if not (p["simclr_epochs"] > 0 and p["probe_epochs"] > 0):
+            raise ValueError(f"simclr_epochs and probe_epochs must be > 0, got {p['simclr_epochs']!r} and "
+                             f"{p['probe_epochs']!r}")
+        valid = sorted(set(IMAGENET_WEIGHTS) - {"supervised"})
+        if not p["imagenet_weights"] or set(p["imagenet_weights"]) - set(valid):
+            raise ValueError(f"imagenet_weights must list self-supervised ResNet-50s to stitch into the supervised "
+                             f"one, from {valid}; got {p['imagenet_weights']!r}")
+        if p["imagenet_samples"] < 2:
+            raise ValueError(f"imagenet_samples must be >= 2 (half train the stitcher, half test), got "
+                             f"{p['imagenet_samples']!r}")
     if "freeze_max_penalty" in p and p["freeze_max_penalty"] < 0:
         raise ValueError(f"freeze_max_penalty must be >= 0 (points), got {p['freeze_max_penalty']!r}")
 
@@ -227,14 +270,17 @@ def _validate(p: dict) -> None:
 
 def base_model(s: Setup, *, width: float, seed: int, train_split: data_mod.Split, test_split: data_mod.Split,
                recipe: Recipe, arch: str | None = None, options: dict | None = None, checkpoints=(),
-               keep_checkpoints: bool = False, frozen: tuple | None = None, progress: bool = True):
+               keep_checkpoints: bool = False, frozen: tuple | None = None, simclr_epochs: float | None = None,
+               progress: bool = True):
     """A trained network from the store, trained now if absent. Returns (model, record).
 
     `options` go to the architecture (e.g. depth). `checkpoints`: epochs at which the test error
     is recorded (record["curve"], a list of (epoch, error) ending with the final one); with
     `keep_checkpoints` the weights too, as record["checkpoints"][epoch] = (model, record).
     `frozen=(model, record, n)`: the first n spine stages are copied from that model and kept
-    fixed while the rest trains (freeze training).
+    fixed while the rest trains (freeze training). `simclr_epochs`: first train everything up to
+    the pooled features with SimCLR (no labels), then only the classifier with `recipe` (the
+    paper's self-supervised "SSS" networks).
     """
     arch = arch or s["arch"]
     options = options or {}
@@ -248,6 +294,8 @@ def base_model(s: Setup, *, width: float, seed: int, train_split: data_mod.Split
         config.update(checkpoints=[float(e) for e in checkpoints], keep_checkpoints=keep_checkpoints)
     if frozen is not None:
         config["frozen"] = dict(source=frozen[1]["key"], stages=frozen[2])
+    if simclr_epochs is not None:
+        config["simclr"] = dict(epochs=float(simclr_epochs), batch_size=256, temperature=0.5)
 
     def build():
         return build_model(arch, seed=seed, width=width, num_classes=train_split.num_classes,
@@ -266,6 +314,10 @@ def base_model(s: Setup, *, width: float, seed: int, train_split: data_mod.Split
             for mine, theirs in zip(spine(model)[:n_frozen], spine(source)[:n_frozen]):
                 mine.load_state_dict(theirs.state_dict())
         start = time.perf_counter()
+        if simclr_epochs is not None:
+            train_simclr(model, train_split, ds.mean, ds.std, epochs=simclr_epochs, seed=seed, device=s.device,
+                         progress=progress)
+            n_frozen = len(spine(model)) - 1  # a linear classifier on frozen features
         saved = train_model(model, train_split, ds.mean, ds.std, recipe, seed=seed, device=s.device,
                             checkpoints=tuple(checkpoints), frozen=n_frozen, desc=f"{arch} w={width} seed={seed}",
                             progress=progress)
@@ -324,6 +376,12 @@ def stitch_all_cuts(s: Setup, bottom, bottom_rec, top, top_rec, *, train_split, 
         for cut in cut_points(top):
             if bar is not None:
                 bar.set_postfix_str(f"stitch {label} at {cut.name}")
+            if stitch_kw.get("kernel_size", 1) > 1 and cut.kind != "map":
+                # A k x k kernel needs a feature map: pooled vectors only take the linear stitcher.
+                rows.append(dict(cut_index=cut.index, cut=cut.name, error_init=math.nan, error=math.nan))
+                if bar is not None:
+                    bar.update()
+                continue
             res = stitch(bottom, top, cut.index, s.dataset, train=train_split, test=test_split,
                          top_error=top_error, device=s.device, progress=bar is None, **stitch_kw)
             rows.append(dict(cut_index=cut.index, cut=cut.name, error_init=res.error_init, error=res.error))
@@ -380,6 +438,7 @@ class _Pair:
     columns: dict
     stitch_split: data_mod.Split | None = None
     stitch: bool = True
+    options: dict = field(default_factory=dict)  # for `stitch`: kernel_size, bn_policy, init
 
 
 @functools.lru_cache(maxsize=None)
@@ -415,8 +474,8 @@ def _compare(s: Setup, bar, specs: dict[str, _Spec], pairs: list[_Pair], *, test
         if pair.stitch:
             done = bar.n
             stitched = stitch_all_cuts(s, bottom, bottom_rec, top, top_rec, test_split=test_split, label=label,
-                                       train_split=pair.stitch_split or stitch_split,
-                                       top_error=top_rec["test_error"], bar=bar, **stitch_kw)
+                                       train_split=stitch_split if pair.stitch_split is None else pair.stitch_split,
+                                       top_error=top_rec["test_error"], bar=bar, **stitch_kw, **pair.options)
             bar.update(done + _cuts_of(specs[pair.top]) - bar.n)  # a cached pair advanced nothing
         else:
             stitched = [dict(cut_index=c.index, cut=c.name, error_init=math.nan, error=math.nan)
@@ -461,6 +520,8 @@ class Results:
     models: pd.DataFrame
     setup: Setup = field(repr=False)
     curves: pd.DataFrame | None = None
+    overview: pd.DataFrame | None = None
+    notes: list = field(default_factory=list)
 
 
 def _models_frame(built: dict, specs: dict) -> pd.DataFrame:
@@ -554,6 +615,93 @@ def connectivity(s: Setup) -> Results:
     models["test_error"] = [built[name][1]["test_error"] for name in models.pop("model")]
     write_csv(table, s.figures / "01_connectivity.csv")
     return Results(table, models, s)
+
+
+# ---------------------------------------------------------------- 02: self-supervised vs supervised
+
+def ssl_vs_e2e(s: Setup) -> Results:
+    """Fig. 6 (CIFAR-10) and Fig. 2B (ImageNet, when its data and weights are given).
+
+    CIFAR-10: an end-to-end supervised ResNet-18 (E2E, seed[0]: 01's top) and a self-supervised
+    one (SSS, seed[1]): SimCLR for `simclr_epochs`, then a linear classifier on its frozen
+    features for `probe_epochs`. Each is stitched into the other at every cut, beside the
+    supervised seed pair (01's), with CKA for the same pairs.
+
+    ImageNet: each of `imagenet_weights` (self-supervised ResNet-50s) stitched into torchvision's
+    supervised ResNet-50 at every cut, on `imagenet_samples` validation images from the folder
+    `imagenet_dir` (half train the stitcher, half test). Without the folder or the weights, the
+    panel is skipped and `results.notes` says what is missing and where it goes.
+    """
+    p = s.params
+    train_split, test_split, cka_split, stitch_split = _splits(s)
+    recipe = dataclasses.replace(RECIPES[p["arch"]], epochs=float(p["epochs"]))
+    top_seed, seed = p["seeds"][:2]
+    e2e, e2e_b, sss = f"E2E seed {top_seed}", f"E2E seed {seed}", f"SSS seed {seed}"
+    kw = dict(width=p["width"], train_split=train_split, test_split=test_split)
+    specs = {e2e: _resnet(s, seed=top_seed, recipe=recipe, **kw), e2e_b: _resnet(s, seed=seed, recipe=recipe, **kw),
+             sss: _resnet(s, seed=seed, recipe=dataclasses.replace(recipe, epochs=float(p["probe_epochs"])),
+                          simclr_epochs=p["simclr_epochs"], **kw)}
+    pairs = [_Pair(e2e, e2e_b, dict(panel="CIFAR-10", pair="two supervised seeds", direction="E2E into E2E")),
+             _Pair(e2e, sss, dict(panel="CIFAR-10", pair="SSS bottom into E2E top", direction="SSS into E2E")),
+             _Pair(sss, e2e, dict(panel="CIFAR-10", pair="E2E bottom into SSS top", direction="E2E into SSS"))]
+    with tqdm(total=_units(specs, pairs), desc="ssl vs e2e") as bar:
+        table, built = _compare(s, bar, specs, pairs, test_split=test_split, cka_split=cka_split,
+                                stitch_split=stitch_split)
+    notes = []
+    imagenet = _imagenet_panel(s, notes)
+    if imagenet is not None:
+        table = pd.concat([table, imagenet], ignore_index=True)
+    write_csv(table, s.figures / "02_ssl_vs_e2e.csv")
+    return Results(table, _models_frame(built, specs), s, notes=notes)
+
+
+def _imagenet_panel(s: Setup, notes: list) -> pd.DataFrame | None:
+    p = s.params
+    where = ("Give imagenet_dir (the validation set as <dir>/<class>/<image>) and put the ResNet-50 weights in "
+             "data/weights/ (or $STITCHLIB_WEIGHTS): " + "; ".join(
+                 f"{name}: {IMAGENET_WEIGHTS[name].file} from {IMAGENET_WEIGHTS[name].url}"
+                 for name in ["supervised", *p["imagenet_weights"]]) + ". Online, the weights download by themselves.")
+    if not p["imagenet_dir"]:
+        notes.append(f"ImageNet panel (Fig. 2B) skipped: no imagenet_dir given. {where}")
+        return None
+    try:
+        data = load_imagenet_folder(p["imagenet_dir"], p["imagenet_samples"], seed=0)
+        nets = {name: load_resnet50(name) for name in ["supervised", *p["imagenet_weights"]]}
+    except (data_mod.DataNotFoundError, WeightsNotFoundError) as err:
+        notes.append(f"ImageNet panel (Fig. 2B) skipped: {err}. {where}")
+        return None
+    img = dataclasses.replace(s, dataset=data)
+    top, info = nets["supervised"]
+    if not info["has_classifier"]:
+        raise ValueError(f"the supervised ResNet-50 at {info['path']} has no classifier (fc): it cannot be the top")
+    top = top.to(s.device)
+    recs = {name: {"key": f"imagenet:{name}:{_file_digest(nets[name][1]['path'])}"} for name in nets}
+    recs["supervised"]["test_error"] = error_rate(top, data.test, data.mean, data.std, device=s.device)
+    stitch_kw = dict(epochs=float(p["stitch_epochs"]), lr=p["stitch_lr"], ls_samples=min(p["ls_samples"],
+                                                                                          len(data.train)))
+    rows = []
+    for name in p["imagenet_weights"]:
+        bottom = nets[name][0].to(s.device)
+        stitched = stitch_all_cuts(img, bottom, recs[name], top, recs["supervised"], train_split=data.train,
+                                   test_split=data.test, label=f"{name} into supervised",
+                                   top_error=recs["supervised"]["test_error"], **stitch_kw)
+        cka = cka_all_cuts(img, top, recs["supervised"], bottom, recs[name], data.test, p["cka_estimator"])
+        for row, c in zip(stitched, cka):
+            rows.append(dict(panel="ImageNet", pair=f"{name} bottom into supervised top", direction=f"{name} into E2E",
+                             **row, top_error=recs["supervised"]["test_error"], bottom_error=math.nan,
+                             penalty_init=row["error_init"] - recs["supervised"]["test_error"],
+                             penalty=row["error"] - recs["supervised"]["test_error"], cka=c))
+    return pd.DataFrame(rows)
+
+
+def _file_digest(path: str) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
 
 
 # ---------------------------------------------------------------- 03: the label distribution
@@ -715,6 +863,124 @@ def more_is_better(s: Setup) -> Results:
     write_csv(table, s.figures / "04_more_is_better.csv")
     write_csv(curves, s.figures / "04_freeze_training.csv")
     return Results(table, _models_frame(built, specs), s, curves)
+
+
+# ---------------------------------------------------------------- 05: ablations
+
+def ablations(s: Setup, others: dict[str, Setup] | None = None) -> Results:
+    """Appendix B.1 and B.3, what the paper could not show, and Table 1.
+
+    - kernel size (Fig. 4): the seed pair stitched with a k x k stitcher for each k in
+      `kernel_sizes` (the pooled-vector cut only takes k = 1);
+    - BatchNorm policy: frozen parts in eval mode (the default) against the drifting statistics
+      of the original code (`bn_policy="drift"`);
+    - initialisation: least squares (the default) against random, each with its penalty at
+      initialisation (direct matching) and after training;
+    - fine-tuning vs stitching (Fig. 8): a trained top of the ResNet-164 family (`finetune_arch`)
+      and a random bottom. Stitching trains only the stitcher; fine-tuning keeps the random bottom
+      up to the cut frozen and trains freshly initialised top layers for `finetune_epochs`.
+    - Table 1, from the stored results of 01, 03 and 04 (`results.overview`; see `paper_table`).
+    """
+    p = s.params
+    train_split, test_split, cka_split, stitch_split = _splits(s)
+    recipe = dataclasses.replace(RECIPES[p["arch"]], epochs=float(p["epochs"]))
+    top_seed, seed = p["seeds"][:2]
+    top, bottom = f"ResNet-18 seed {top_seed}", f"ResNet-18 seed {seed}"
+    specs = {name: _resnet(s, width=p["width"], seed=sd, train_split=train_split, test_split=test_split,
+                           recipe=recipe) for name, sd in ((top, top_seed), (bottom, seed))}
+    pairs = [_Pair(top, bottom, dict(panel="kernel size", pair=f"k = {k}", value=float(k)),
+                   options={} if k == 1 else {"kernel_size": k}) for k in p["kernel_sizes"]]
+    pairs += [_Pair(top, bottom, dict(panel="BatchNorm policy", pair=label, value=math.nan), options=options)
+              for label, options in (("frozen: eval mode (default)", {}),
+                                     ("drift: train mode, as the original code", {"bn_policy": "drift"}))]
+    pairs += [_Pair(top, bottom, dict(panel="initialisation", pair=label, value=math.nan), options=options)
+              for label, options in (("least squares (default)", {}), ("random", {"init": "random"}))]
+    ft = dict(p["finetune_arch"])
+    ft_width, family = ft.pop("width", 1.0), family_name("preact_resnet", p["finetune_arch"])
+    ft_top, ft_random = f"{family} seed {top_seed}", f"{family} random"
+    specs[ft_top] = _Spec(functools.partial(
+        base_model, s, arch="preact_resnet", width=ft_width, seed=top_seed, options=ft, train_split=train_split,
+        test_split=test_split, recipe=dataclasses.replace(RECIPES["preact_resnet"], epochs=float(p["epochs"])),
+        progress=False), "preact_resnet", ft_width, ft)
+    specs[ft_random] = _Spec(functools.partial(
+        random_model, s, arch="preact_resnet", width=ft_width, seed=p["random_seed"], options=ft,
+        num_classes=train_split.num_classes), "preact_resnet", ft_width, ft)
+    pairs.append(_Pair(ft_top, ft_random, dict(panel="fine-tuning vs stitching", pair="stitching", value=math.nan)))
+    n_ft = _cuts_of(specs[ft_top])
+    with tqdm(total=_units(specs, pairs) + n_ft, desc="ablations") as bar:
+        table, built = _compare(s, bar, specs, pairs, test_split=test_split, cka_split=cka_split,
+                                stitch_split=stitch_split)
+        (top_model, top_rec), (random_net, random_rec) = built[ft_top], built[ft_random]
+        ft_recipe = dataclasses.replace(RECIPES["preact_resnet"], epochs=float(p["finetune_epochs"]))
+        rows = []
+        for cut in cut_points(top_model):
+            bar.set_postfix_str(f"fine-tune {family} above {cut.name}")
+            # Seed random_seed + 1: the top layers start fresh, not from the random network's own.
+            _, rec = base_model(s, arch="preact_resnet", width=ft_width, seed=p["random_seed"] + 1, options=ft,
+                                train_split=train_split, test_split=test_split, recipe=ft_recipe,
+                                frozen=(random_net, random_rec, cut.index + 1), progress=False)
+            rows.append(dict(panel="fine-tuning vs stitching", pair="fine-tuning", value=math.nan,
+                             cut_index=cut.index, cut=cut.name, error_init=math.nan, error=rec["test_error"],
+                             top_error=top_rec["test_error"], bottom_error=math.nan, penalty_init=math.nan,
+                             penalty=rec["test_error"] - top_rec["test_error"], cka=math.nan))
+            bar.update()
+    table = pd.concat([table, pd.DataFrame(rows)], ignore_index=True)
+    write_csv(table, s.figures / "05_ablations.csv")
+    overview = paper_table(s, others)
+    write_csv(overview, s.figures / "table1.csv")
+    return Results(table, _models_frame(built, specs), s, overview=overview)
+
+
+def _span(values) -> str:
+    return f"{min(values):.2f}-{max(values):.2f}"
+
+
+def paper_table(s: Setup, others: dict[str, Setup] | None = None) -> pd.DataFrame:
+    """Table 1 of the paper with our numbers: CKA and stitching for different initialisations
+    (01), self-supervision (02), other label distributions (03) and more data / time / width (04),
+    from the stored results of those notebooks (computed now if absent). `others` maps
+    "connectivity", "ssl_vs_e2e", "label_noise" and "more_is_better" to their setups; by default,
+    each notebook's defaults at this profile, with this run's device, store and figures folder."""
+    others = others or {name: setup(name, profile=s.profile, device=s.device.type, store=str(s.store.root),
+                                    figures_dir=str(s.figures))
+                        for name in ("connectivity", "ssl_vs_e2e", "label_noise", "more_is_better")}
+    conn = connectivity(others["connectivity"]).table
+    seeds = conn[(conn["bottom"] == "trained") & (conn["family"] == "ResNet-18")]
+    ssl = ssl_vs_e2e(others["ssl_vs_e2e"]).table
+    ssl = ssl[ssl["direction"].isin(["SSS into E2E", "E2E into SSS"])]
+    noise = label_noise(others["label_noise"]).table
+    weak = noise[(noise["labels"] != "clean") & (noise["noise"] != 1.0)]
+    more = more_is_better(others["more_is_better"]).table
+    m = others["more_is_better"].params
+    stronger = {"more samples": more[(more["panel"] == "samples") & (more["value"] == m["samples"])],
+                "more training time": more[(more["panel"] == "training time")
+                                           & (more["value"] == max(m["checkpoint_epochs"]))],
+                "more width": more[(more["panel"] == f"width: bottoms into the {m['width']:g} top")
+                                   & (more["value"] == max(m["widths"]))]}
+    cka_only = more[more["pair"].str.contains("CKA only")]
+    first_half = weak[weak["cut_index"] < (weak["cut_index"].max() + 1) // 2]
+    return pd.DataFrame([
+        dict(method="CKA (ours)", **{
+            "different initialisation": f"{_span(seeds['cka'])} (ResNet-18 seed pairs, all cuts)",
+            "self-supervision": f"{_span(ssl['cka'])} (SimCLR vs supervised ResNet-18, all cuts)",
+            "coarse or noisy labels": f"{_span(weak['cka'])} (coarse, noise < 100%)",
+            "more data / time / width": "; ".join(f"{_span(f['cka'])} ({pair.replace(' (CKA only)', '')})"
+                                                  for pair, f in cka_only.groupby("pair", sort=False))}),
+        dict(method="stitching (ours)", **{
+            "different initialisation": f"close: penalty at most {seeds['penalty'].max():.1f} points",
+            "self-supervision": "penalty at most " + ", ".join(
+                f"{f['penalty'].max():.1f} ({d})" for d, f in ssl.groupby("direction", sort=False)),
+            "coarse or noisy labels": f"close early: first-half penalty at most {first_half['penalty'].max():.1f}",
+            "more data / time / width": "better: lowest penalty " + ", ".join(
+                f"{f['penalty'].min():.1f} ({what})" for what, f in stronger.items())}),
+        dict(method="CKA (paper)", **{"different initialisation": "varies (can be 0)",
+                                      "self-supervision": "varies (0.35-0.9)", "coarse or noisy labels": "not shown",
+                                      "more data / time / width": "far (can be 0 for data, 0.7 for width)"}),
+        dict(method="stitching (paper)", **{"different initialisation": "close (up to 3% error)",
+                                            "self-supervision": "close (up to 5% error)",
+                                            "coarse or noisy labels": "close at the early layers",
+                                            "more data / time / width": "better"}),
+    ])
 
 
 def write_csv(frame: pd.DataFrame, path: Path) -> Path:

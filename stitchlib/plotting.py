@@ -94,13 +94,13 @@ def _titled(title: str, caption: str) -> str:
 
 def plot(results, folder: Path | None = None, *, caption: str | None = None) -> dict:
     """The experiment's figures, saved as PNG and PDF into `folder` (default: the run's figures
-    folder): Figs. 2A and 5 for connectivity, 3A for label_noise, 2C, 3B, 3C, 7 and 9 for
-    more_is_better. Returns the figures by name and the paths written."""
+    folder): Figs. 2A and 5 for connectivity, 6 (and 2B with ImageNet) for ssl_vs_e2e, 3A for label_noise, 2C, 3B, 3C, 7 and 9 for
+    more_is_better, 4, 8 and the BatchNorm and initialisation ablations for ablations. Returns the figures by name and the paths written."""
     folder = results.setup.figures if folder is None else folder
     caption = data_caption(results.setup) if caption is None else caption
     sns.set_theme(context="paper", style="ticks")
-    figures = {"connectivity": _connectivity, "label_noise": _label_noise,
-               "more_is_better": _more_is_better}[results.setup.experiment](results, caption)
+    figures = {"connectivity": _connectivity, "ssl_vs_e2e": _ssl_vs_e2e, "label_noise": _label_noise,
+               "more_is_better": _more_is_better, "ablations": _ablations}[results.setup.experiment](results, caption)
     paths = [path for name, fig in figures.items() for path in save_figure(fig, folder, name)]
     return {**figures, "paths": paths}
 
@@ -153,4 +153,33 @@ def _more_is_better(results, caption: str) -> dict:
     ax.set_title(_titled("Freeze training (Fig. 9)", caption), fontsize=8)
     fig.tight_layout()
     figures["fig9_freeze"] = fig
+    return figures
+
+
+def _ablations(results, caption: str) -> dict:
+    """Fig. 4 (kernel size), Fig. 8 (fine-tuning vs stitching a random bottom), and the two
+    ablations the paper could not run: BatchNorm policy and the stitcher's initialisation."""
+    panels = {name: f for name, f in results.table.groupby("panel", sort=False)}
+    family = results.setup.params["finetune_arch"]
+    depth = family.get("depth", 164)
+    return {
+        "fig4_kernel_size": _grid({"kernel size": panels["kernel size"]}, ["penalty"],
+                                  _titled("Stitcher kernel size (Fig. 4)", caption), hue="pair"),
+        "fig8_finetuning": _grid({f"ResNet-{depth}: random bottom, trained top": panels["fine-tuning vs stitching"]},
+                                 ["penalty"], _titled("Fine-tuning vs stitching (Fig. 8)", caption), hue="pair"),
+        "ablation_bn_init": _grid({"BatchNorm policy": panels["BatchNorm policy"],
+                                   "initialisation": panels["initialisation"]}, ["penalty", "penalty_init"],
+                                  _titled("BatchNorm policy and initialisation", caption), hue="pair"),
+    }
+
+
+def _ssl_vs_e2e(results, caption: str) -> dict:
+    """Fig. 6: SSS into E2E, E2E into SSS and two supervised seeds, penalty and CKA; Fig. 2B
+    when the ImageNet panel ran."""
+    panels = {name: f for name, f in results.table.groupby("panel", sort=False)}
+    figures = {"fig6_ssl_vs_e2e": _grid({"CIFAR-10, ResNet-18": panels["CIFAR-10"]}, ["penalty", "penalty_init", "cka"],
+                                        _titled("Self-supervised vs supervised (Fig. 6)", caption), hue="pair")}
+    if "ImageNet" in panels:
+        figures["fig2b_imagenet"] = _grid({"ImageNet, ResNet-50": panels["ImageNet"]}, ["penalty", "cka"],
+                                          "Self-supervised into supervised on ImageNet (Fig. 2B)", hue="pair")
     return figures

@@ -114,6 +114,7 @@ def test_unknown_profile_and_experiment():
 SHARED = {k: TINY[k] for k in ("seeds", "train_samples", "test_samples", "epochs", "stitch_samples", "stitch_epochs",
                                "ls_samples", "cka_samples")}
 NOISE = dict(SHARED, width=0.0625, noise=[0.5, 1.0], coarse=True)
+SSL = dict(SHARED, width=0.0625, simclr_epochs=1.0, probe_epochs=1.0)
 MORE = dict(SHARED, width=0.0625, fewer_samples=256, top_samples=512, samples=1024, checkpoint_epochs=[0.5, 1.0],
             top_epoch=0.5, widths=[0.03125, 0.0625, 0.125], freeze_max_penalty=100.0)
 MORE_THRESHOLDS = dict(better_max_penalty=0.0, narrower_late_min=0.0, converge_gap=0.0, freeze_margin=5.0)
@@ -232,3 +233,125 @@ def test_bad_parameters_of_03_and_04_fail_before_any_work(tmp_path, experiment, 
     with pytest.raises(error, match=match):
         stitchlib.setup(experiment, store=str(tmp_path / "s"), figures_dir=str(tmp_path / "f"), **kwargs)
     assert not (tmp_path / "s").exists()
+
+
+def test_ablations_kernel_bn_init_finetuning_and_table1(tmp_path):
+    kw = dict(device="cpu", store=str(tmp_path / "store"), figures_dir=str(tmp_path / "figures"))
+    others = {"connectivity": stitchlib.setup("connectivity", **{**TINY, "architectures": {}, "disjoint": False}, **kw),
+              "ssl_vs_e2e": stitchlib.setup("ssl_vs_e2e", **SSL, **kw),
+              "label_noise": stitchlib.setup("label_noise", **NOISE, **kw),
+              "more_is_better": stitchlib.setup("more_is_better", **MORE, **kw)}
+    s = stitchlib.setup("ablations", **SHARED, width=0.0625, kernel_sizes=[1, 3], finetune_epochs=0.5,
+                        finetune_arch={"width": 0.25, "depth": 11}, **kw)
+    res = stitchlib.ablations(s, others)
+    t = res.table
+    assert list(t["panel"].unique()) == ["kernel size", "BatchNorm policy", "initialisation",
+                                         "fine-tuning vs stitching"]
+    k3 = t[t["pair"] == "k = 3"]
+    assert k3[k3["cut"] == "pool"]["penalty"].isna().all() and k3[k3["cut"] != "pool"]["penalty"].notna().all()
+    # The default stitch is one stored result behind three panels: the same numbers in each.
+    defaults = [t[t["pair"] == p].reset_index()["error"] for p in
+                ("k = 1", "frozen: eval mode (default)", "least squares (default)")]
+    assert defaults[0].equals(defaults[1]) and defaults[0].equals(defaults[2])
+    drift = t[t["pair"].str.startswith("drift")]["error"].reset_index(drop=True)
+    assert not drift.equals(defaults[0])  # drifting statistics change the stitched model
+    # The random start reached the stitcher: before training it predicts differently at most cuts.
+    init = t[t["panel"] == "initialisation"].pivot_table(index="cut_index", columns="pair", values="error_init")
+    assert (init["random"] != init["least squares (default)"]).sum() >= 6
+    ft = t[t["panel"] == "fine-tuning vs stitching"]
+    assert ft.groupby("pair").size().to_dict() == {"fine-tuning": 5, "stitching": 5}  # ResNet-11: 5 cuts
+    claims = stitchlib.check_claims(res, kernel_max_change=3.0, finetune_min_gap=10.0)
+    assert [c[:3] for c in claims["claim"]] == ["(a)", "(b)"]
+    late = ft[ft["cut_index"] >= 2].pivot_table(index="cut_index", columns="pair", values="penalty")
+    assert claims["statistic"].iloc[1] == pytest.approx((late["stitching"] - late["fine-tuning"]).mean())
+    # Table 1 from the other notebooks' stored results.
+    o = res.overview
+    assert list(o["method"]) == ["CKA (ours)", "stitching (ours)", "CKA (paper)", "stitching (paper)"]
+    assert "1,024 samples" in o.iloc[0]["more data / time / width"]
+    seeds = stitchlib.connectivity(others["connectivity"]).table
+    worst = seeds[(seeds["bottom"] == "trained")]["penalty"].max()
+    assert f"at most {worst:.1f} points" in o.iloc[1]["different initialisation"]
+    assert (tmp_path / "figures" / "table1.csv").exists() and (tmp_path / "figures" / "05_ablations.csv").exists()
+    names = sorted({p.stem for p in stitchlib.plot(res)["paths"]})
+    assert names == ["ablation_bn_init", "fig4_kernel_size", "fig8_finetuning"]
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(kernel_sizes=[1, 4]), r"kernel_sizes must list odd positive ints .* got \[1, 4\]"),
+    (dict(kernel_sizes=[0]), "kernel_sizes must list odd positive ints"),
+    (dict(kernel_sizes=[]), "kernel_sizes must list odd positive ints"),
+    (dict(finetune_arch={"depth": 12}), r"depth must be 9n \+ 2"),
+    (dict(finetune_arch={"width": 1.0, "lr": 1}), "finetune_arch must be a dict of width and depth"),
+    (dict(finetune_epochs=0), "finetune_epochs must be > 0"),
+])
+def test_bad_parameters_of_05_fail_before_any_work(tmp_path, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        stitchlib.setup("ablations", store=str(tmp_path / "s"), figures_dir=str(tmp_path / "f"), **kwargs)
+    assert not (tmp_path / "s").exists()
+
+
+def test_ssl_vs_e2e_stitches_both_ways_and_says_what_imagenet_needs(tmp_path, monkeypatch):
+    monkeypatch.setenv("STITCHLIB_WEIGHTS", str(tmp_path / "weights"))
+    s = _setup(tmp_path, "ssl_vs_e2e", **SSL)
+    res = stitchlib.ssl_vs_e2e(s)
+    t = res.table
+    assert list(t["direction"].unique()) == ["E2E into E2E", "SSS into E2E", "E2E into SSS"]
+    assert len(t) == 30 and t["cka"].between(0, 1).all()
+    assert len(res.notes) == 1 and "no imagenet_dir given" in res.notes[0] and "dino_resnet50_pretrain.pth" in res.notes[0]
+    claims = stitchlib.check_claims(res, ssl_max_excess=10.0, cka_min_gap=0.0)
+    assert list(claims["model"]) == ["SSS into E2E", "E2E into SSS", "CKA"]
+    loss = t["error"] - t[["top_error", "bottom_error"]].max(axis=1)
+    ref = loss[t["direction"] == "E2E into E2E"].max()
+    assert claims["statistic"].iloc[0] == pytest.approx(loss[t["direction"] == "SSS into E2E"].max() - ref)
+    assert sorted({p.stem for p in stitchlib.plot(res)["paths"]}) == ["fig6_ssl_vs_e2e"]
+    # A folder without class folders, then one with images but no weights (offline): skipped, with the reason.
+    (tmp_path / "val").mkdir()
+    monkeypatch.setattr(torch.hub, "download_url_to_file", lambda *a, **k: (_ for _ in ()).throw(OSError("offline")))
+    notes = []
+    assert E._imagenet_panel(_setup(tmp_path, "ssl_vs_e2e", **SSL, imagenet_dir=str(tmp_path / "val")), notes) is None
+    assert "no class folders" in notes[0]
+    from PIL import Image
+    (tmp_path / "val" / "n01").mkdir()
+    for i in range(4):
+        Image.new("RGB", (40, 40), (i * 40, 0, 0)).save(tmp_path / "val" / "n01" / f"{i}.JPEG")
+    notes = []
+    assert E._imagenet_panel(_setup(tmp_path, "ssl_vs_e2e", **SSL, imagenet_dir=str(tmp_path / "val"),
+                                    imagenet_samples=4), notes) is None
+    assert "no supervised weights" in notes[0] and "offline" in notes[0] and "resnet50-0676ba61.pth" in notes[0]
+
+
+def test_the_sss_encoder_never_sees_a_label(tmp_path):
+    s = _setup(tmp_path, "ssl_vs_e2e", **SSL)
+    train, test, _, _ = E._splits(s)
+    models = [E.base_model(s, width=0.0625, seed=1, train_split=train, test_split=test, recipe=E.Recipe(epochs=e),
+                           simclr_epochs=1.0, progress=False)[0].state_dict() for e in (1.0, 2.0)]
+    # Different classifier training, identical features: labels reached only the classifier.
+    assert all(torch.equal(models[0][k], models[1][k]) for k in models[0] if not k.startswith("stages.fc"))
+    assert not torch.equal(models[0]["stages.fc.weight"], models[1]["stages.fc.weight"])
+    supervised = E.base_model(s, width=0.0625, seed=1, train_split=train, test_split=test,
+                              recipe=E.Recipe(epochs=1.0), progress=False)[0].state_dict()
+    assert not torch.equal(models[0]["stages.stem.0.weight"], supervised["stages.stem.0.weight"])
+
+
+def test_the_imagenet_panel_runs_on_a_folder_and_local_weights(tmp_path, monkeypatch):
+    from PIL import Image
+    import torchvision
+    monkeypatch.setenv("STITCHLIB_WEIGHTS", str(tmp_path / "weights"))
+    (tmp_path / "weights").mkdir()
+    torch.manual_seed(0)
+    sup = torchvision.models.resnet50(num_classes=1000).state_dict()
+    torch.save(sup, tmp_path / "weights" / E.IMAGENET_WEIGHTS["supervised"].file)
+    torch.save({k: v for k, v in sup.items() if not k.startswith("fc.")},  # DINO layout: the same backbone
+               tmp_path / "weights" / E.IMAGENET_WEIGHTS["dino"].file)
+    for c in range(2):
+        (tmp_path / "val" / f"n0{c}").mkdir(parents=True)
+        for i in range(2):
+            Image.new("RGB", (64, 48), (c * 200, i * 100, 50)).save(tmp_path / "val" / f"n0{c}" / f"{i}.JPEG")
+    s = _setup(tmp_path, "ssl_vs_e2e", **{**SSL, "stitch_epochs": 0.0}, imagenet_dir=str(tmp_path / "val"),
+               imagenet_weights=["dino"], imagenet_samples=4)
+    notes = []
+    panel = E._imagenet_panel(s, notes)
+    assert not notes and list(panel["pair"].unique()) == ["dino bottom into supervised top"]
+    assert len(panel) == 18  # torchvision ResNet-50: stem, 16 blocks, pool
+    # The same backbone on both sides: the least-squares stitcher reproduces the top exactly.
+    assert panel["penalty_init"].abs().max() < 1e-9 and (panel["cka"] > 0.999).all()

@@ -13,7 +13,8 @@ import yaml
 from stitchlib.experiments import PROFILES
 
 ROOT = Path(__file__).resolve().parent.parent
-NOTEBOOKS = {"01_connectivity": "connectivity", "03_label_noise": "label_noise", "04_more_is_better": "more_is_better"}
+NOTEBOOKS = {"01_connectivity": "connectivity", "02_ssl_vs_e2e": "ssl_vs_e2e", "03_label_noise": "label_noise",
+             "04_more_is_better": "more_is_better", "05_ablations": "ablations"}
 
 
 @pytest.mark.parametrize("name", sorted(NOTEBOOKS))

@@ -1,0 +1,197 @@
+"""ImageNet ResNet-50s of Fig. 2B: the supervised torchvision model, VISSL's SimCLR and SwAV, and
+DINO, all mapped onto one torchvision ResNet-50, and ImageNet validation images from a folder.
+
+Weights come from a local file or, when online, from the public address (saved into the weights
+folder first). Every file is read with ``torch.load(..., weights_only=True)``: a checkpoint that
+needs arbitrary unpickling is refused, with the reason.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import tempfile
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torchvision
+
+from .data import DataNotFoundError, Dataset, Split, _decode_rgb, _download, _short, data_sha256
+
+__all__ = ["IMAGENET_WEIGHTS", "LAYOUTS", "WeightsNotFoundError", "load_resnet50", "resnet50_state_dict",
+           "detect_layout", "weights_dir", "load_imagenet_folder"]
+
+LAYOUTS = ("torchvision", "vissl", "dino")
+
+
+@dataclass(frozen=True)
+class Weights:
+    url: str
+    layout: str
+    file: str
+    note: str
+
+
+IMAGENET_WEIGHTS = {
+    "supervised": Weights("https://download.pytorch.org/models/resnet50-0676ba61.pth", "torchvision",
+                          "resnet50-0676ba61.pth", "torchvision IMAGENET1K_V1, end-to-end supervised (the paper's)"),
+    "simclr": Weights("https://dl.fbaipublicfiles.com/vissl/model_zoo/simclr_rn50_800ep_simclr_8node_resnet_16_07_20"
+                      ".7e8feed1/model_final_checkpoint_phase799.torch", "vissl", "vissl_simclr_rn50_800ep.torch",
+                      "VISSL model zoo, SimCLR, 800 epochs (Goyal et al. 2021)"),
+    "swav": Weights("https://dl.fbaipublicfiles.com/vissl/model_zoo/swav_in1k_rn50_800ep_swav_8node_resnet_27_07_20"
+                    ".a0a6b676/model_final_checkpoint_phase799.torch", "vissl", "vissl_swav_rn50_800ep.torch",
+                    "VISSL model zoo, SwAV, 800 epochs (Goyal et al. 2021)"),
+    "dino": Weights("https://dl.fbaipublicfiles.com/dino/dino_resnet50_pretrain/dino_resnet50_pretrain.pth", "dino",
+                    "dino_resnet50_pretrain.pth", "DINO ResNet-50 backbone (Caron et al. 2021)"),
+}
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class WeightsNotFoundError(FileNotFoundError):
+    """No local file and no way to download it; the message says where to put it."""
+
+
+def weights_dir() -> pathlib.Path:
+    """``$STITCHLIB_WEIGHTS`` if set, else ``<repository>/data/weights``."""
+    env = os.environ.get("STITCHLIB_WEIGHTS")
+    return pathlib.Path(env).expanduser().absolute() if env else pathlib.Path(__file__).resolve().parent.parent / \
+        "data" / "weights"
+
+
+def _strip(state: dict, prefix: str) -> dict:
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def detect_layout(checkpoint: dict) -> str:
+    """Which of LAYOUTS a loaded checkpoint is in."""
+    if not isinstance(checkpoint, dict):
+        raise ValueError(f"a checkpoint must be a dict, got {type(checkpoint).__name__}")
+    keys = list(checkpoint)
+    if "classy_state_dict" in checkpoint or "model_state_dict" in checkpoint or \
+            any(str(k).startswith("_feature_blocks.") for k in keys):
+        return "vissl"
+    if "teacher" in checkpoint or "student" in checkpoint or \
+            any(str(k).startswith(("backbone.", "module.")) for k in keys):
+        return "dino"
+    if "conv1.weight" in checkpoint:
+        return "dino" if "fc.weight" not in checkpoint else "torchvision"
+    raise ValueError(f"unknown checkpoint layout (top-level keys {keys[:6]}...); valid: {list(LAYOUTS)}: torchvision "
+                     "(conv1.weight ... fc.weight), vissl (classy_state_dict/base_model/model/trunk or "
+                     "model_state_dict, keys _feature_blocks.*), dino (backbone state dict without fc, or a full "
+                     "checkpoint with teacher/student)")
+
+
+def resnet50_state_dict(checkpoint: dict, layout: str | None = None) -> dict:
+    """The checkpoint's backbone as torchvision ResNet-50 keys (with fc.* only if it has a
+    classifier), checked against ResNet-50's keys and shapes."""
+    layout = layout or detect_layout(checkpoint)
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown checkpoint layout {layout!r}; valid: {list(LAYOUTS)}")
+    if layout == "torchvision":
+        state = dict(checkpoint.get("state_dict", checkpoint))
+    elif layout == "vissl":
+        if "classy_state_dict" in checkpoint:
+            trunk = checkpoint["classy_state_dict"]["base_model"]["model"]["trunk"]
+        else:
+            trunk = checkpoint.get("model_state_dict", checkpoint)
+        state = _strip(trunk, "_feature_blocks.")
+    else:
+        state = checkpoint.get("teacher", checkpoint)
+        for prefix in ("module.", "backbone."):
+            if any(k.startswith(prefix) for k in state):
+                state = _strip(state, prefix)
+        state = {k: v for k, v in state.items() if not k.startswith(("head.", "fc."))}
+    state = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
+    expected = {k: v.shape for k, v in torchvision.models.resnet50().state_dict().items()
+                if not k.endswith("num_batches_tracked")}
+    backbone = {k for k in expected if not k.startswith("fc.")}
+    missing = sorted(backbone - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = sorted(f"{k}: {tuple(state[k].shape)} (ResNet-50: {tuple(expected[k])})" for k in set(state) & set(expected)
+                   if tuple(state[k].shape) != tuple(expected[k]))
+    if missing or unexpected or wrong:
+        raise ValueError(f"this {layout} checkpoint does not fit torchvision's ResNet-50: "
+                         f"{len(missing)} missing keys {missing[:4]}, {len(unexpected)} unexpected keys "
+                         f"{unexpected[:4]}, {len(wrong)} wrong shapes {wrong[:3]}")
+    return state
+
+
+def _read(path: pathlib.Path) -> dict:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unreadable file gets the same explanation
+        raise ValueError(f"{path} cannot be read with torch.load(weights_only=True) ({_short(err)}). Checkpoints "
+                         "that pickle arbitrary objects are not loaded; extract the backbone's state dict once "
+                         "(e.g. torch.save(ckpt['teacher'], ...)) from a file you trust, and give that file") from err
+
+
+def load_resnet50(weights: str | os.PathLike, *, layout: str | None = None, download: bool = True):
+    """A torchvision ResNet-50 (eval mode) with `weights`: a name in IMAGENET_WEIGHTS (looked for
+    in `weights_dir()`, downloaded there when absent and `download`) or a path to a checkpoint
+    in any of LAYOUTS. Returns (model, info); info["has_classifier"] says whether fc came with
+    the weights (self-supervised backbones have none: use them as bottoms)."""
+    if str(weights) in IMAGENET_WEIGHTS:
+        known = IMAGENET_WEIGHTS[str(weights)]
+        path, layout = weights_dir() / known.file, layout or known.layout
+        if not path.exists():
+            problems = [] if download else ["download disabled"]
+            if download:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}")
+                os.close(fd)
+                try:
+                    # Atomic: a broken download never leaves a file that looks like weights.
+                    if _download(lambda: torch.hub.download_url_to_file(known.url, tmp, progress=True), problems):
+                        os.replace(tmp, path)
+                finally:
+                    if os.path.exists(tmp):
+                        os.remove(tmp)
+            if not path.exists():
+                problem = "; ".join(problems)
+                raise WeightsNotFoundError(f"no {weights} weights ({known.note}) at {path} ({problem}). Download "
+                                           f"{known.url} to that path, or set STITCHLIB_WEIGHTS to the folder that "
+                                           f"holds {known.file}")
+    else:
+        path = pathlib.Path(weights).expanduser()
+        if not path.exists():
+            raise WeightsNotFoundError(f"no checkpoint at {path}; give a path or one of {sorted(IMAGENET_WEIGHTS)}")
+    state = resnet50_state_dict(_read(path), layout)
+    model = torchvision.models.resnet50()
+    model.load_state_dict(state, strict=False)
+    has_fc = "fc.weight" in state
+    return model.eval(), {"path": str(path), "layout": layout or detect_layout(_read(path)), "has_classifier": has_fc}
+
+
+def load_imagenet_folder(root: str | os.PathLike, samples: int, *, seed: int = 0, size: int = 224) -> Dataset:
+    """`samples` ImageNet validation images from an image folder (root/<class>/<image>), resized to
+    256 on the short side and centre-cropped to `size`, split in two halves: "train" (for the
+    stitcher) and "test". The class folders, sorted, give the labels (1000 for ImageNet)."""
+    root = pathlib.Path(root).expanduser()
+    if not root.is_dir():
+        raise DataNotFoundError(f"no ImageNet folder at {root}: give the validation set as <root>/<class>/<image>")
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir())
+    files = [(f, c) for c, name in enumerate(classes) for f in sorted((root / name).iterdir()) if f.is_file()]
+    if not classes or not files:
+        raise DataNotFoundError(f"{root} has no class folders with images: expected <root>/<class>/<image> "
+                                "(e.g. val/n01440764/ILSVRC2012_val_00000293.JPEG)")
+    if not 2 <= samples <= len(files):
+        raise ValueError(f"samples must be in [2, {len(files)}] (the images under {root}), got {samples}")
+    pick = torch.randperm(len(files), generator=torch.Generator().manual_seed(seed))[:samples].sort().values
+    resize = torchvision.transforms.Compose([torchvision.transforms.Resize(256),
+                                             torchvision.transforms.CenterCrop(size)])
+    images = torch.empty(samples, 3, size, size, dtype=torch.uint8)
+    labels = torch.empty(samples, dtype=torch.int64)
+    for i, j in enumerate(pick.tolist()):
+        f, c = files[j]
+        rgb = torch.from_numpy(np.array(_decode_rgb(f))).permute(2, 0, 1)  # a writable copy
+        images[i] = resize(rgb)
+        labels[i] = c
+    half = samples // 2
+    split = dict(num_classes=len(classes), classes=tuple(classes))
+    train = Split(images[:half], labels[:half], recipe=(("imagenet", str(root), samples, seed, "train"),), **split)
+    test = Split(images[half:], labels[half:], recipe=(("imagenet", str(root), samples, seed, "test"),), **split)
+    identity = {"name": "imagenet", "source": f"folder:{root}", "sha256": data_sha256(train, test)}
+    return Dataset("imagenet", train, test, list(classes), IMAGENET_MEAN, IMAGENET_STD, identity)
