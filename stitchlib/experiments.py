@@ -483,12 +483,16 @@ def _compare(s: Setup, bar, specs: dict[str, _Spec], pairs: list[_Pair], *, test
         bar.set_postfix_str(f"CKA {label}")
         cka = cka_all_cuts(s, top, top_rec, bottom, bottom_rec, cka_split, p["cka_estimator"])
         bar.update()
-        top_error = top_rec["test_error"]
-        for row, c in zip(stitched, cka):
-            rows.append(dict(**pair.columns, **row, top_error=top_error,
-                             bottom_error=bottom_rec.get("test_error", math.nan),
-                             penalty_init=row["error_init"] - top_error, penalty=row["error"] - top_error, cka=c))
+        rows += [_row(pair.columns, row, top_rec["test_error"], bottom_rec.get("test_error", math.nan), c)
+                 for row, c in zip(stitched, cka)]
     return pd.DataFrame(rows), built
+
+
+def _row(columns: dict, cut_row: dict, top_error: float, bottom_error: float, cka: float) -> dict:
+    """One tidy row: what identifies the pair, the cut and its errors, and the penalties
+    (stitched error minus the top's, at initialisation and after training)."""
+    return dict(**columns, **cut_row, top_error=top_error, bottom_error=bottom_error,
+                penalty_init=cut_row["error_init"] - top_error, penalty=cut_row["error"] - top_error, cka=cka)
 
 
 def _splits(s: Setup):
@@ -675,7 +679,7 @@ def _imagenet_panel(s: Setup, notes: list) -> pd.DataFrame | None:
     if not info["has_classifier"]:
         raise ValueError(f"the supervised ResNet-50 at {info['path']} has no classifier (fc): it cannot be the top")
     top = top.to(s.device)
-    recs = {name: {"key": f"imagenet:{name}:{_file_digest(nets[name][1]['path'])}"} for name in nets}
+    recs = {name: {"key": f"imagenet:{name}:{info['sha256'][:16]}"} for name, (_, info) in nets.items()}
     recs["supervised"]["test_error"] = error_rate(top, data.test, data.mean, data.std, device=s.device)
     stitch_kw = dict(epochs=float(p["stitch_epochs"]), lr=p["stitch_lr"], ls_samples=min(p["ls_samples"],
                                                                                           len(data.train)))
@@ -686,22 +690,9 @@ def _imagenet_panel(s: Setup, notes: list) -> pd.DataFrame | None:
                                    test_split=data.test, label=f"{name} into supervised",
                                    top_error=recs["supervised"]["test_error"], **stitch_kw)
         cka = cka_all_cuts(img, top, recs["supervised"], bottom, recs[name], data.test, p["cka_estimator"])
-        for row, c in zip(stitched, cka):
-            rows.append(dict(panel="ImageNet", pair=f"{name} bottom into supervised top", direction=f"{name} into E2E",
-                             **row, top_error=recs["supervised"]["test_error"], bottom_error=math.nan,
-                             penalty_init=row["error_init"] - recs["supervised"]["test_error"],
-                             penalty=row["error"] - recs["supervised"]["test_error"], cka=c))
+        columns = dict(panel="ImageNet", pair=f"{name} bottom into supervised top", direction=f"{name} into E2E")
+        rows += [_row(columns, row, recs["supervised"]["test_error"], math.nan, c) for row, c in zip(stitched, cka)]
     return pd.DataFrame(rows)
-
-
-def _file_digest(path: str) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()[:16]
 
 
 # ---------------------------------------------------------------- 03: the label distribution
@@ -919,10 +910,9 @@ def ablations(s: Setup, others: dict[str, Setup] | None = None) -> Results:
             _, rec = base_model(s, arch="preact_resnet", width=ft_width, seed=p["random_seed"] + 1, options=ft,
                                 train_split=train_split, test_split=test_split, recipe=ft_recipe,
                                 frozen=(random_net, random_rec, cut.index + 1), progress=False)
-            rows.append(dict(panel="fine-tuning vs stitching", pair="fine-tuning", value=math.nan,
-                             cut_index=cut.index, cut=cut.name, error_init=math.nan, error=rec["test_error"],
-                             top_error=top_rec["test_error"], bottom_error=math.nan, penalty_init=math.nan,
-                             penalty=rec["test_error"] - top_rec["test_error"], cka=math.nan))
+            rows.append(_row(dict(panel="fine-tuning vs stitching", pair="fine-tuning", value=math.nan),
+                             dict(cut_index=cut.index, cut=cut.name, error_init=math.nan, error=rec["test_error"]),
+                             top_rec["test_error"], math.nan, math.nan))
             bar.update()
     table = pd.concat([table, pd.DataFrame(rows)], ignore_index=True)
     write_csv(table, s.figures / "05_ablations.csv")

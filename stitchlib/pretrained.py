@@ -8,6 +8,8 @@ needs arbitrary unpickling is refused, with the reason.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import os
 import pathlib
 import tempfile
@@ -119,9 +121,11 @@ def resnet50_state_dict(checkpoint: dict, layout: str | None = None) -> dict:
     return state
 
 
-def _read(path: pathlib.Path) -> dict:
+def _read(path: pathlib.Path) -> tuple[dict, str]:
+    """The checkpoint and the sha256 of its bytes, from one read of the file."""
+    data = path.read_bytes()
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True), hashlib.sha256(data).hexdigest()
     except Exception as err:  # noqa: BLE001 - any unreadable file gets the same explanation
         raise ValueError(f"{path} cannot be read with torch.load(weights_only=True) ({_short(err)}). Checkpoints "
                          "that pickle arbitrary objects are not loaded; extract the backbone's state dict once "
@@ -131,8 +135,8 @@ def _read(path: pathlib.Path) -> dict:
 def load_resnet50(weights: str | os.PathLike, *, layout: str | None = None, download: bool = True):
     """A torchvision ResNet-50 (eval mode) with `weights`: a name in IMAGENET_WEIGHTS (looked for
     in `weights_dir()`, downloaded there when absent and `download`) or a path to a checkpoint
-    in any of LAYOUTS. Returns (model, info); info["has_classifier"] says whether fc came with
-    the weights (self-supervised backbones have none: use them as bottoms)."""
+    in any of LAYOUTS. Returns (model, info): path, layout, sha256 of the file, and
+    has_classifier, whether fc came with the weights (self-supervised backbones have none: use them as bottoms)."""
     if str(weights) in IMAGENET_WEIGHTS:
         known = IMAGENET_WEIGHTS[str(weights)]
         path, layout = weights_dir() / known.file, layout or known.layout
@@ -158,11 +162,12 @@ def load_resnet50(weights: str | os.PathLike, *, layout: str | None = None, down
         path = pathlib.Path(weights).expanduser()
         if not path.exists():
             raise WeightsNotFoundError(f"no checkpoint at {path}; give a path or one of {sorted(IMAGENET_WEIGHTS)}")
-    state = resnet50_state_dict(_read(path), layout)
+    checkpoint, digest = _read(path)
+    layout = layout or detect_layout(checkpoint)
+    state = resnet50_state_dict(checkpoint, layout)
     model = torchvision.models.resnet50()
     model.load_state_dict(state, strict=False)
-    has_fc = "fc.weight" in state
-    return model.eval(), {"path": str(path), "layout": layout or detect_layout(_read(path)), "has_classifier": has_fc}
+    return model.eval(), {"path": str(path), "layout": layout, "sha256": digest, "has_classifier": "fc.weight" in state}
 
 
 def load_imagenet_folder(root: str | os.PathLike, samples: int, *, seed: int = 0, size: int = 224) -> Dataset:

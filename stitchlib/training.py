@@ -136,6 +136,8 @@ def train_model(
     if frozen >= max(len(stages), 1):
         raise ValueError(f"frozen={frozen}, but the model has {len(stages)} stages and at least the last "
                          f"must train; valid: 0 to {len(stages) - 1}")
+    held = [p for stage in stages[:frozen] for p in stage.parameters()]
+    was_trainable = [p.requires_grad for p in held]
     for stage in stages[:frozen]:
         stage.eval().requires_grad_(False)
     loader = DeviceLoader(split, mean, std, batch_size=recipe.batch_size, train=True, device=device, seed=seed)
@@ -156,8 +158,8 @@ def train_model(
     try:
         run_steps(model, loader, opt, sched, total, desc=desc, progress=progress, after_step=checkpoint)
     finally:
-        for stage in stages[:frozen]:
-            stage.requires_grad_(True)
+        for p, flag in zip(held, was_trainable):
+            p.requires_grad_(flag)
     model.eval()
     return saved
 
