@@ -126,11 +126,14 @@ def _ablation_claims(t: pd.DataFrame, *, kernel_max_change: float, finetune_min_
         rows.append(("(a) the kernel size barely matters: largest change of the mean penalty against k = 1 "
                      "(points)", "ResNet-18", change, f"<= {kernel_max_change}", change <= kernel_max_change))
     ft = t[t["panel"] == "fine-tuning vs stitching"]
-    late = _halves(ft)[1].pivot_table(index="cut_index", columns="pair", values="penalty")
-    gap = (late["stitching"] - late["fine-tuning"]).mean()
+    # Above the last block of the ResNet-164 family lie only the final BatchNorm, the pooling and
+    # the classifier: at the last two cuts fine-tuning is a linear probe, as stitching is there.
+    deep = ft[ft["cut_index"] < ft["cut_index"].max() - 1].pivot_table(index="cut_index", columns="pair",
+                                                                        values="penalty")
+    gap = (deep["stitching"] - deep["fine-tuning"]).mean()
     rows.append(("(b) fine-tuning makes a random bottom look good, stitching does not: mean penalty of stitching "
-                 "minus fine-tuning over the later half (points)", "random bottom", gap, f">= {finetune_min_gap}",
-                 gap >= finetune_min_gap))
+                 "minus fine-tuning over the cuts with a block above them (points)", "random bottom", gap,
+                 f">= {finetune_min_gap}", gap >= finetune_min_gap))
     return rows
 
 

@@ -57,7 +57,7 @@ PROFILES: dict[str, dict[str, dict]] = {
         "smoke": dict(
             **_BASE["smoke"], widths=[0.0625, 0.125, 0.25], seeds=[0, 1], random_seed=100, **_STITCH["smoke"],
             architectures={"preact_resnet": {"width": 0.5, "depth": 11}, "myrtle": {"width": 0.25},
-                           "vit": {"width": 0.0833, "depth": 4}},
+                           "vit": {"width": 0.0833, "depth": 3}},
             disjoint=True,
         ),
         "paper": dict(
@@ -95,7 +95,7 @@ PROFILES: dict[str, dict[str, dict]] = {
     },
     "ablations": {
         "smoke": dict(**_BASE["smoke"], width=0.125, seeds=[0, 1], kernel_sizes=[1, 3, 5, 7, 9],
-                      finetune_arch={"width": 0.5, "depth": 11}, finetune_epochs=2.0, random_seed=100,
+                      finetune_arch={"width": 0.5, "depth": 11}, finetune_epochs=4.0, random_seed=100,
                       **_STITCH["smoke"]),
         "paper": dict(**_BASE["paper"], width=1.0, seeds=[0, 1], kernel_sizes=[1, 3, 5, 7, 9],
                       finetune_arch={"width": 1.0, "depth": 164}, finetune_epochs=164.0, random_seed=100,
@@ -366,28 +366,24 @@ def random_model(s: Setup, *, width: float, seed: int, num_classes: int, arch: s
 def stitch_all_cuts(s: Setup, bottom, bottom_rec, top, top_rec, *, train_split, test_split, label: str,
                     top_error: float, bar=None, **stitch_kw) -> list[dict]:
     """Stitch `bottom` into `top` at every cut point (cached as one artifact per pair).
-    `bar`, when given, is a progress bar advanced once per cut."""
+    `bar`, when given, is a progress bar whose postfix names the pair."""
     config = dict(bottom=bottom_rec["key"], top=top_rec["key"], data=s.dataset.identity,
                   train_split=list(map(list, train_split.recipe)), test_split=list(map(list, test_split.recipe)),
                   device=s.device.type, **stitch_kw)
 
     def compute():
-        rows = []
-        for cut in cut_points(top):
-            if bar is not None:
-                bar.set_postfix_str(f"stitch {label} at {cut.name}")
-            if stitch_kw.get("kernel_size", 1) > 1 and cut.kind != "map":
-                # A k x k kernel needs a feature map: pooled vectors only take the linear stitcher.
-                rows.append(dict(cut_index=cut.index, cut=cut.name, error_init=math.nan, error=math.nan))
-                if bar is not None:
-                    bar.update()
-                continue
-            res = stitch(bottom, top, cut.index, s.dataset, train=train_split, test=test_split,
-                         top_error=top_error, device=s.device, progress=bar is None, **stitch_kw)
-            rows.append(dict(cut_index=cut.index, cut=cut.name, error_init=res.error_init, error=res.error))
-            if bar is not None:
-                bar.update()
-        return {"rows": rows}
+        cuts = cut_points(top)
+        # A k x k kernel needs a feature map: pooled vectors only take the linear stitcher.
+        usable = [c.index for c in cuts if stitch_kw.get("kernel_size", 1) == 1 or c.kind == "map"]
+        if bar is not None:
+            bar.set_postfix_str(f"stitch {label} at {len(usable)} cuts")
+        # Every cut in one pass over the data: the bottom runs once per batch for all of them.
+        results = stitch(bottom, top, usable, s.dataset, train=train_split, test=test_split, top_error=top_error,
+                         device=s.device, progress=bar is None, **stitch_kw)
+        found = {r.cut.index: r for r in results}
+        return {"rows": [dict(cut_index=c.index, cut=c.name,
+                              error_init=found[c.index].error_init if c.index in found else math.nan,
+                              error=found[c.index].error if c.index in found else math.nan) for c in cuts]}
 
     return s.store.cached("stitch", config, compute)["rows"]
 
@@ -438,7 +434,7 @@ class _Pair:
     columns: dict
     stitch_split: data_mod.Split | None = None
     stitch: bool = True
-    options: dict = field(default_factory=dict)  # for `stitch`: kernel_size, bn_policy, init
+    options: dict = field(default_factory=dict)  # for `stitch`: kernel_size, bn_policy, init, lr
 
 
 @functools.lru_cache(maxsize=None)
@@ -475,7 +471,7 @@ def _compare(s: Setup, bar, specs: dict[str, _Spec], pairs: list[_Pair], *, test
             done = bar.n
             stitched = stitch_all_cuts(s, bottom, bottom_rec, top, top_rec, test_split=test_split, label=label,
                                        train_split=stitch_split if pair.stitch_split is None else pair.stitch_split,
-                                       top_error=top_rec["test_error"], bar=bar, **stitch_kw, **pair.options)
+                                       top_error=top_rec["test_error"], bar=bar, **{**stitch_kw, **pair.options})
             bar.update(done + _cuts_of(specs[pair.top]) - bar.n)  # a cached pair advanced nothing
         else:
             stitched = [dict(cut_index=c.index, cut=c.name, error_init=math.nan, error=math.nan)
@@ -879,8 +875,11 @@ def ablations(s: Setup, others: dict[str, Setup] | None = None) -> Results:
     top, bottom = f"ResNet-18 seed {top_seed}", f"ResNet-18 seed {seed}"
     specs = {name: _resnet(s, width=p["width"], seed=sd, train_split=train_split, test_split=test_split,
                            recipe=recipe) for name, sd in ((top, top_seed), (bottom, seed))}
+    # A k x k stitcher trains at lr / k: an Adam step moves every weight by about lr, so its output
+    # moves about k times as far as a 1 x 1's (k^2 times the fan-in, random-walk scaling). With
+    # the same lr, a short run would compare step sizes rather than what the kernels can express.
     pairs = [_Pair(top, bottom, dict(panel="kernel size", pair=f"k = {k}", value=float(k)),
-                   options={} if k == 1 else {"kernel_size": k}) for k in p["kernel_sizes"]]
+                   options={} if k == 1 else {"kernel_size": k, "lr": p["stitch_lr"] / k}) for k in p["kernel_sizes"]]
     pairs += [_Pair(top, bottom, dict(panel="BatchNorm policy", pair=label, value=math.nan), options=options)
               for label, options in (("frozen: eval mode (default)", {}),
                                      ("drift: train mode, as the original code", {"bn_policy": "drift"}))]

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from .data import Dataset, DeviceLoader, Split
-from .models import CutPoint, resolve_cut, split
+from .models import CutPoint, resolve_cut, spine, split
 from .training import as_nhwc, channels_last, error_rate, resolve_device, run_steps
 
 __all__ = ["Stitcher", "TokenBatchNorm", "StitchedModel", "StitchResult", "stitch", "BN_POLICIES", "INITS"]
@@ -140,61 +140,64 @@ def _pixels(h: torch.Tensor) -> torch.Tensor:
     return h.reshape(-1, h.shape[-1])
 
 
-@torch.no_grad()
-def _least_squares_init(stitcher: Stitcher, b_bottom, t_bottom, loader, ridge: float, device) -> None:
-    """Ridge regression from B's activations to A's own activations at the cut, with a bias.
+class _RidgeFit:
+    """Ridge regression from B's activations to A's own activations at one cut, with a bias.
 
     The normal equations are streamed over batches in float64, so memory stays flat.
-    BN1 is set to the input's statistics and BN2 to the identity on the fitted outputs,
+    `apply` sets BN1 to the input's statistics and BN2 to the identity on the fitted outputs,
     so in eval mode the stitcher is exactly the ridge solution, and in train mode (batch
-    statistics) very nearly so.
+    statistics) very nearly so. A k x k stitcher gets the solution as its centre tap.
     """
-    c_in = stitcher[0].num_features
-    gram = torch.zeros(c_in + 1, c_in + 1, dtype=torch.float64, device=device)
-    cross = None
-    for x, _ in loader:
-        x = as_nhwc(x)
-        xb = _pixels(b_bottom(x)).double()
-        yt = _pixels(t_bottom(x)).double()
-        xa = torch.cat([xb, torch.ones(len(xb), 1, dtype=torch.float64, device=device)], 1)
-        gram += xa.T @ xa
-        cross = xa.T @ yt if cross is None else cross + xa.T @ yt
-    n = gram[-1, -1]
-    mean = gram[-1, :-1] / n
-    var = (torch.diag(gram)[:-1] / n - mean**2).clamp_min(0)
-    eps = stitcher[0].eps
-    scale = torch.sqrt(var + eps)
-    # Standardisation as a linear map on [x, 1]: x_std = (x - mean) / scale.
-    t = torch.eye(c_in + 1, dtype=torch.float64, device=device)
-    t[:-1, :-1] = torch.diag(1 / scale)
-    t[-1, :-1] = -mean / scale
-    g = t.T @ gram @ t
-    c = t.T @ cross
-    reg = ridge * torch.diag(g)[:-1].mean()
-    g[:-1, :-1] += reg * torch.eye(c_in, dtype=torch.float64, device=device)
-    sol = torch.linalg.solve(g, c)  # (c_in + 1, c_out)
-    weight, bias = sol[:-1].T, sol[-1]
 
-    bn1, lin, bn2 = stitcher
-    bn1.running_mean.copy_(mean)
-    bn1.running_var.copy_(var)
-    bn1.weight.fill_(1.0)
-    bn1.bias.zero_()
-    if isinstance(lin, nn.Conv2d):
-        lin.weight.zero_()
-        k = lin.kernel_size[0] // 2
-        lin.weight[:, :, k, k] = weight.to(lin.weight.dtype)
-    else:
-        lin.weight.copy_(weight)
-    lin.bias.copy_(bias)
-    # Fitted outputs' mean and variance follow from the Gram matrix without another pass.
-    out_mean = (g[-1, :] @ sol) / n
-    out_sq = torch.einsum("io,ij,jo->o", sol, g - reg * _pad_eye(c_in, device), sol) / n
-    out_var = (out_sq - out_mean**2).clamp_min(0)
-    bn2.running_mean.copy_(out_mean)
-    bn2.running_var.copy_(out_var)
-    bn2.weight.copy_(torch.sqrt(out_var + bn2.eps))
-    bn2.bias.copy_(out_mean)
+    def __init__(self, c_in: int, device):
+        self.gram = torch.zeros(c_in + 1, c_in + 1, dtype=torch.float64, device=device)
+        self.cross = None
+
+    def update(self, hb: torch.Tensor, ht: torch.Tensor) -> None:
+        xb, yt = _pixels(hb).double(), _pixels(ht).double()
+        xa = torch.cat([xb, torch.ones(len(xb), 1, dtype=torch.float64, device=xb.device)], 1)
+        self.gram += xa.T @ xa
+        self.cross = xa.T @ yt if self.cross is None else self.cross + xa.T @ yt
+
+    @torch.no_grad()
+    def apply(self, stitcher: Stitcher, ridge: float) -> None:
+        gram, device = self.gram, self.gram.device
+        c_in = gram.shape[0] - 1
+        n = gram[-1, -1]
+        mean = gram[-1, :-1] / n
+        var = (torch.diag(gram)[:-1] / n - mean**2).clamp_min(0)
+        scale = torch.sqrt(var + stitcher[0].eps)
+        # Standardisation as a linear map on [x, 1]: x_std = (x - mean) / scale.
+        t = torch.eye(c_in + 1, dtype=torch.float64, device=device)
+        t[:-1, :-1] = torch.diag(1 / scale)
+        t[-1, :-1] = -mean / scale
+        g = t.T @ gram @ t
+        c = t.T @ self.cross
+        reg = ridge * torch.diag(g)[:-1].mean()
+        g[:-1, :-1] += reg * torch.eye(c_in, dtype=torch.float64, device=device)
+        sol = torch.linalg.solve(g, c)  # (c_in + 1, c_out)
+        weight, bias = sol[:-1].T, sol[-1]
+
+        bn1, lin, bn2 = stitcher
+        bn1.running_mean.copy_(mean)
+        bn1.running_var.copy_(var)
+        bn1.weight.fill_(1.0)
+        bn1.bias.zero_()
+        if isinstance(lin, nn.Conv2d):
+            lin.weight.zero_()
+            k = lin.kernel_size[0] // 2
+            lin.weight[:, :, k, k] = weight.to(lin.weight.dtype)
+        else:
+            lin.weight.copy_(weight)
+        lin.bias.copy_(bias)
+        # Fitted outputs' mean and variance follow from the Gram matrix without another pass.
+        out_mean = (g[-1, :] @ sol) / n
+        out_sq = torch.einsum("io,ij,jo->o", sol, g - reg * _pad_eye(c_in, device), sol) / n
+        out_var = (out_sq - out_mean**2).clamp_min(0)
+        bn2.running_mean.copy_(out_mean)
+        bn2.running_var.copy_(out_var)
+        bn2.weight.copy_(torch.sqrt(out_var + bn2.eps))
+        bn2.bias.copy_(out_mean)
 
 
 def _pad_eye(c: int, device) -> torch.Tensor:
@@ -217,7 +220,7 @@ def _restore_requires_grad(*modules: nn.Module):
 def stitch(
     bottom_model: nn.Module,
     top_model: nn.Module,
-    at: int | str | CutPoint,
+    at: int | str | CutPoint | list,
     dataset: Dataset,
     *,
     train: Split | None = None,
@@ -233,10 +236,10 @@ def stitch(
     ridge: float = 1e-4,
     seed: int = 0,
     top_error: float | None = None,
-    top_at: int | str | CutPoint | None = None,
+    top_at: int | str | CutPoint | list | None = None,
     device: str | torch.device = "auto",
     progress: bool = True,
-) -> StitchResult:
+) -> StitchResult | list[StitchResult]:
     """Stitch the bottom of `bottom_model` (B) up to cut `at` into the top of `top_model` (A).
 
     Only the stitcher trains: Adam, lr 1e-3, cosine schedule, cross-entropy, crop+flip,
@@ -246,6 +249,11 @@ def stitch(
     cut in A (default: the same as `at`). The models' weights and statistics are left
     unchanged (they are moved to `device`, in channels-last layout, and put in eval mode);
     with bn_policy="drift" the stitched model works on copies of them.
+
+    `at` may also be a list of cuts (`top_at` then None or a list as long): every cut's
+    stitcher trains on the same batches in one pass, the bottom running once per batch for
+    all of them, and a list of results comes back in the same order. Each result is the one
+    `stitch` at that cut alone gives.
     """
     if init not in INITS:
         raise ValueError(f"unknown init {init!r}; valid: {INITS}")
@@ -255,11 +263,23 @@ def stitch(
         raise ValueError(f"epochs must be >= 0, got {epochs!r}")
     if steps is not None and not (isinstance(steps, int) and steps >= 0):
         raise ValueError(f"steps must be an int >= 0 or None, got {steps!r}")
+    many = isinstance(at, (list, tuple))
+    ats = list(at) if many else [at]
+    top_ats = ats if top_at is None else (list(top_at) if many else [top_at])
+    if not ats or len(top_ats) != len(ats):
+        raise ValueError(f"at lists {len(ats)} cuts and top_at {len(top_ats)}; give at least one cut, and "
+                         "top_at as None or a list as long as at")
     device = resolve_device(device)
     train = dataset.train if train is None else train
     test = dataset.test if test is None else test
-    bcut = resolve_cut(bottom_model, at)
-    tcut = resolve_cut(top_model, at if top_at is None else top_at)
+    bcuts = [resolve_cut(bottom_model, a) for a in ats]
+    tcuts = [resolve_cut(top_model, a) for a in top_ats]
+    options = dict(epochs=epochs, steps=steps, init=init, kernel_size=kernel_size, bn_policy=bn_policy, lr=lr,
+                   batch_size=batch_size, ls_samples=ls_samples, ridge=ridge, seed=seed)
+    if bn_policy == "drift" and len(bcuts) > 1:
+        # The frozen parts drift differently for every cut, so each cut works on copies of its own.
+        return [stitch(bottom_model, top_model, b, dataset, train=train, test=test, top_error=top_error,
+                       top_at=t, device=device, progress=progress, **options) for b, t in zip(bcuts, tcuts)]
     if bn_policy == "drift":
         bottom_model, top_model = copy.deepcopy(bottom_model), copy.deepcopy(top_model)
     channels_last(bottom_model.to(device)).eval()
@@ -268,60 +288,87 @@ def stitch(
         top_error = error_rate(top_model, test, dataset.mean, dataset.std, device=device)
 
     probe = next(iter(DeviceLoader(test, dataset.mean, dataset.std, batch_size=2, device=device)))[0]
-    _check_compatible(bottom_model, top_model, bcut, tcut, probe)
-    b_bottom, _ = split(bottom_model, bcut)
-    t_bottom, t_top = split(top_model, tcut)
-
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(seed)
-        stitcher = channels_last(Stitcher(bcut.channels, tcut.channels, kind=bcut.kind,
-                                          kernel_size=kernel_size).to(device))
+    stitchers = []
+    for bcut, tcut in zip(bcuts, tcuts):
+        _check_compatible(bottom_model, top_model, bcut, tcut, probe)
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            stitchers.append(channels_last(Stitcher(bcut.channels, tcut.channels, kind=bcut.kind,
+                                                    kernel_size=kernel_size).to(device)))
+    b_index, t_index = [c.index for c in bcuts], [c.index for c in tcuts]
+    b_stages, t_stages = spine(bottom_model), spine(top_model)
     with _restore_requires_grad(bottom_model, top_model):
-        model = StitchedModel(b_bottom, stitcher, t_top, bn_policy=bn_policy)
+        models = [StitchedModel(split(bottom_model, b)[0], s, split(top_model, t)[1], bn_policy=bn_policy)
+                  for b, t, s in zip(bcuts, tcuts, stitchers)]
         if init == "least_squares":
             ls_split = train if len(train) <= ls_samples else _first(train, ls_samples)
-            ls_loader = DeviceLoader(ls_split, dataset.mean, dataset.std, batch_size=256, device=device)
-            _least_squares_init(stitcher, b_bottom, t_bottom, ls_loader, ridge, device)
-        # The bottom's test activations serve both evaluations: computed once, not twice.
-        test_features = _features(b_bottom, test, dataset, device)
-        error_init = _error_from_features(stitcher, t_top, test_features)
+            fits = [_RidgeFit(c.channels, device) for c in bcuts]
+            with torch.no_grad():
+                for x, _ in DeviceLoader(ls_split, dataset.mean, dataset.std, batch_size=256, device=device):
+                    x = as_nhwc(x)
+                    for fit, hb, ht in zip(fits, _activations(b_stages, x, b_index),
+                                           _activations(t_stages, x, t_index)):
+                        fit.update(hb, ht)
+            for fit, stitcher in zip(fits, stitchers):
+                fit.apply(stitcher, ridge)
+        errors_init = _errors(models, b_stages, b_index, test, dataset, device)
         if (steps if steps is not None else epochs) > 0:
-            _train_stitcher(model, train, dataset, epochs=epochs, steps=steps, lr=lr, batch_size=batch_size,
-                            seed=seed, device=device, desc=f"stitch {bcut.name}", progress=progress)
-        if bn_policy == "drift":
-            # The bottom's BatchNorm statistics moved during training: its activations must be recomputed.
-            test_features = _features(b_bottom, test, dataset, device)
-        error = _error_from_features(stitcher, t_top, test_features)
-    config = dict(at=bcut.name, top_at=tcut.name, epochs=epochs, steps=steps, init=init,
-                  kernel_size=kernel_size, bn_policy=bn_policy, lr=lr, batch_size=batch_size,
-                  ls_samples=ls_samples, ridge=ridge, seed=seed)
-    return StitchResult(bcut, top_error, error_init, error, model, config)
+            desc = f"stitch {bcuts[0].name}" if len(bcuts) == 1 else f"stitch {len(bcuts)} cuts"
+            _train_stitchers(models, b_stages, b_index, train, dataset, epochs=epochs, steps=steps, lr=lr,
+                             batch_size=batch_size, seed=seed, device=device, desc=desc, progress=progress)
+        # Measured anew: with bn_policy="drift" the bottom's statistics have moved.
+        errors = _errors(models, b_stages, b_index, test, dataset, device)
+    results = [StitchResult(b, top_error, e_init, e, m, dict(at=b.name, top_at=t.name, **options))
+               for b, t, e_init, e, m in zip(bcuts, tcuts, errors_init, errors, models)]
+    return results if many else results[0]
+
+
+def _activations(stages: list[nn.Module], x: torch.Tensor, indices: list[int]) -> list[torch.Tensor]:
+    """The output of stage i for every i in `indices`, from one pass up to the deepest."""
+    wanted, found, h = set(indices), {}, x
+    for i, stage in enumerate(stages[: max(indices) + 1]):
+        h = stage(h)
+        if i in wanted:
+            found[i] = h
+    return [found[i] for i in indices]
 
 
 @torch.no_grad()
-def _features(bottom: nn.Module, split_: Split, dataset: Dataset, device) -> list:
-    loader = DeviceLoader(split_, dataset.mean, dataset.std, batch_size=500, device=device)
-    return [(bottom(as_nhwc(x)), y) for x, y in loader]
-
-
-@torch.no_grad()
-def _error_from_features(stitcher: Stitcher, top: nn.Module, features: list) -> float:
-    """Test error in percent of top(stitcher(h)), both in eval mode, over precomputed h."""
-    stitcher.eval()
-    wrong = sum((top(stitcher(h)).argmax(1) != y).sum().item() for h, y in features)
-    return 100.0 * wrong / sum(len(y) for _, y in features)
+def _errors(models: list[StitchedModel], b_stages, b_index, split_: Split, dataset: Dataset, device) -> list[float]:
+    """Test error in percent of every stitched model (in eval mode), the bottom run once per batch."""
+    for model in models:
+        model.eval()
+    wrong = [0] * len(models)
+    for x, y in DeviceLoader(split_, dataset.mean, dataset.std, batch_size=500, device=device):
+        for j, (model, h) in enumerate(zip(models, _activations(b_stages, as_nhwc(x), b_index))):
+            wrong[j] += (model.top(model.stitcher(h)).argmax(1) != y).sum().item()
+    return [100.0 * w / len(split_) for w in wrong]
 
 
 def _first(split_: Split, n: int) -> Split:
     return Split(split_.images[:n], split_.labels[:n], split_.num_classes, split_.recipe + (("first", n),))
 
 
-def _train_stitcher(model: StitchedModel, train: Split, dataset: Dataset, *, epochs, steps, lr, batch_size, seed,
-                    device, desc, progress):
+def _train_stitchers(models: list[StitchedModel], b_stages, b_index, train: Split, dataset: Dataset, *, epochs,
+                     steps, lr, batch_size, seed, device, desc, progress):
     loader = DeviceLoader(train, dataset.mean, dataset.std, batch_size=batch_size, train=True, device=device, seed=seed)
     total = steps or max(1, math.ceil(epochs * len(loader)))
-    opt = torch.optim.Adam(model.stitcher.parameters(), lr=lr, betas=(0.9, 0.999))
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, total)
-    model.train()
-    run_steps(model, loader, opt, sched, total, desc=desc, progress=progress)
-    model.eval()
+    optimisers = [torch.optim.Adam(m.stitcher.parameters(), lr=lr, betas=(0.9, 0.999)) for m in models]
+    schedules = [torch.optim.lr_scheduler.CosineAnnealingLR(opt, total) for opt in optimisers]
+    for model in models:
+        model.train()
+
+    def step(x, y):
+        with torch.no_grad():
+            features = _activations(b_stages, as_nhwc(x), b_index)
+        for model, h, opt, sched in zip(models, features, optimisers, schedules):
+            # Every stitcher has its own loss, optimiser and schedule: the cuts never interact.
+            loss = nn.functional.cross_entropy(model.top(model.stitcher(h)), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+
+    run_steps(loader, total, step, desc=desc, progress=progress)
+    for model in models:
+        model.eval()

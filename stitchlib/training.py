@@ -156,7 +156,8 @@ def train_model(
             saved[wanted[step]] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
     try:
-        run_steps(model, loader, opt, sched, total, desc=desc, progress=progress, after_step=checkpoint)
+        run_steps(loader, total, cross_entropy_step(model, opt, sched), desc=desc, progress=progress,
+                  after_step=checkpoint)
     finally:
         for p, flag in zip(held, was_trainable):
             p.requires_grad_(flag)
@@ -164,24 +165,32 @@ def train_model(
     return saved
 
 
-def run_steps(model: nn.Module, loader: DeviceLoader, opt, sched, total: int, *, desc: str, progress: bool,
-              after_step=None) -> None:
-    """`total` cross-entropy steps over `loader`, as many epochs as that takes."""
-    step = 0
+def run_steps(loader: DeviceLoader, total: int, step, *, desc: str, progress: bool, after_step=None) -> None:
+    """`step(x, y)` for `total` batches of `loader`, as many epochs as that takes."""
+    done = 0
     with tqdm(total=total, desc=desc, leave=False, disable=not progress) as bar:
-        while step < total:
+        while done < total:
             for x, y in loader:
-                loss = nn.functional.cross_entropy(model(as_nhwc(x)), y)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                step += 1
+                step(x, y)
+                done += 1
                 bar.update()
                 if after_step is not None:
-                    after_step(step)
-                if step >= total:
+                    after_step(done)
+                if done >= total:
                     return
+
+
+def cross_entropy_step(model: nn.Module, opt, sched):
+    """One SGD-style step of `model` on a batch: the loss of ordinary training."""
+
+    def step(x, y):
+        loss = nn.functional.cross_entropy(model(as_nhwc(x)), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+
+    return step
 
 
 @torch.no_grad()
