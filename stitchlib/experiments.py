@@ -858,7 +858,7 @@ def ablations(s: Setup, others: dict[str, Setup] | None = None) -> Results:
     """Appendix B.1 and B.3, what the paper could not show, and Table 1.
 
     - kernel size (Fig. 4): the seed pair stitched with a k x k stitcher for each k in
-      `kernel_sizes` (the pooled-vector cut only takes k = 1);
+      `kernel_sizes`, trained at `stitch_lr` / k (the pooled-vector cut only takes k = 1);
     - BatchNorm policy: frozen parts in eval mode (the default) against the drifting statistics
       of the original code (`bn_policy="drift"`);
     - initialisation: least squares (the default) against random, each with its penalty at

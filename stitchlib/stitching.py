@@ -306,9 +306,9 @@ def stitch(
             with torch.no_grad():
                 for x, _ in DeviceLoader(ls_split, dataset.mean, dataset.std, batch_size=256, device=device):
                     x = as_nhwc(x)
-                    for fit, hb, ht in zip(fits, _activations(b_stages, x, b_index),
-                                           _activations(t_stages, x, t_index)):
-                        fit.update(hb, ht)
+                    targets = dict(_at_cuts(t_stages, x, t_index))
+                    for j, hb in _at_cuts(b_stages, x, b_index):
+                        fits[j].update(hb, targets.pop(j))
             for fit, stitcher in zip(fits, stitchers):
                 fit.apply(stitcher, ridge)
         errors_init = _errors(models, b_stages, b_index, test, dataset, device)
@@ -323,14 +323,16 @@ def stitch(
     return results if many else results[0]
 
 
-def _activations(stages: list[nn.Module], x: torch.Tensor, indices: list[int]) -> list[torch.Tensor]:
-    """The output of stage i for every i in `indices`, from one pass up to the deepest."""
-    wanted, found, h = set(indices), {}, x
-    for i, stage in enumerate(stages[: max(indices) + 1]):
-        h = stage(h)
-        if i in wanted:
-            found[i] = h
-    return [found[i] for i in indices]
+@torch.no_grad()
+def _at_cuts(stages: list[nn.Module], x: torch.Tensor, indices: list[int]):
+    """Yields (j, output of stage indices[j]) for every j, shallowest first, from one pass without
+    gradients. Used as the caller goes, only one cut's activations need to be alive at a time."""
+    h, done = x, -1
+    for j in sorted(range(len(indices)), key=lambda j: indices[j]):
+        for stage in stages[done + 1 : indices[j] + 1]:
+            h = stage(h)
+        done = max(done, indices[j])
+        yield j, h
 
 
 @torch.no_grad()
@@ -340,8 +342,8 @@ def _errors(models: list[StitchedModel], b_stages, b_index, split_: Split, datas
         model.eval()
     wrong = [0] * len(models)
     for x, y in DeviceLoader(split_, dataset.mean, dataset.std, batch_size=500, device=device):
-        for j, (model, h) in enumerate(zip(models, _activations(b_stages, as_nhwc(x), b_index))):
-            wrong[j] += (model.top(model.stitcher(h)).argmax(1) != y).sum().item()
+        for j, h in _at_cuts(b_stages, as_nhwc(x), b_index):
+            wrong[j] += (models[j].top(models[j].stitcher(h)).argmax(1) != y).sum().item()
     return [100.0 * w / len(split_) for w in wrong]
 
 
@@ -359,15 +361,13 @@ def _train_stitchers(models: list[StitchedModel], b_stages, b_index, train: Spli
         model.train()
 
     def step(x, y):
-        with torch.no_grad():
-            features = _activations(b_stages, as_nhwc(x), b_index)
-        for model, h, opt, sched in zip(models, features, optimisers, schedules):
+        for j, h in _at_cuts(b_stages, as_nhwc(x), b_index):
             # Every stitcher has its own loss, optimiser and schedule: the cuts never interact.
-            loss = nn.functional.cross_entropy(model.top(model.stitcher(h)), y)
-            opt.zero_grad(set_to_none=True)
+            loss = nn.functional.cross_entropy(models[j].top(models[j].stitcher(h)), y)
+            optimisers[j].zero_grad(set_to_none=True)
             loss.backward()
-            opt.step()
-            sched.step()
+            optimisers[j].step()
+            schedules[j].step()
 
     run_steps(loader, total, step, desc=desc, progress=progress)
     for model in models:

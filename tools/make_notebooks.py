@@ -281,7 +281,10 @@ ABLATIONS_HEADER = """
 **Claims (Appendices B.1 and B.3 of Bansal, Nakkiran & Barak, 2021).** The stitcher's kernel size
 barely matters: a k × k stitcher for k in {1, 3, 5, 7, 9} between two ResNet-18 seeds costs about
 what the 1 × 1 one does, so the paper keeps k = 1, which makes the stitched model a network of the
-same architecture. Fine-tuning overestimates similarity: re-initialising and training the top
+same architecture. Every k × k stitcher starts from the least-squares 1 × 1 fit as its centre tap
+and trains at the profile's learning rate divided by k: an Adam step moves each weight by about the
+learning rate, so with k² times the fan-in the output moves about k times as far as a 1 × 1
+stitcher's, and a short run would compare step sizes instead of kernels. Fine-tuning overestimates similarity: re-initialising and training the top
 layers above a frozen *random* bottom recovers much of a trained network's accuracy, while
 stitching that random bottom into a trained top (only the stitcher trains) does not.
 
@@ -290,8 +293,7 @@ drift during stitcher training (`bn_policy="drift"`); here they stay in eval mod
 measured on the same pair. The stitcher starts from a least-squares fit by default; a random
 start is measured beside it, each with its penalty at initialisation (direct matching) and after
 training. **Table 1** of the paper (CKA vs stitching) is rebuilt with our numbers from the stored
-results of `01`, `03` and `04` (computed now if absent); the self-supervision column waits for
-`02_ssl_vs_e2e`.
+results of `01`-`04` (computed now if absent).
 Fig. 5 (CKA between a trained and a random network) is drawn by `01_connectivity`.
 
 The ResNet-18 pair is `01`'s width-1/8 seed pair (width 1 at paper scale), and the ResNet-164-family
@@ -299,7 +301,7 @@ top (ResNet-11 at smoke) and random bottom are `01`'s too, all from the artifact
 
 | profile | what | runtime |
 |---|---|---|
-| `smoke` (default) | k in {1, 3, 5, 7, 9} at every cut; ResNet-11 (width 1/2) fine-tuned for 2 epochs above every cut; stitcher: 2 epochs over 2K images | ABLATIONS_SMOKE |
+| `smoke` (default) | k in {1, 3, 5, 7, 9} at every cut; ResNet-11 (width 1/2) fine-tuned above every cut for 4 epochs, as long as its own training; stitcher: 2 epochs over 2K images | ABLATIONS_SMOKE |
 | `paper` | the same at width 1, ResNet-164, fine-tuning for 164 epochs; stitcher: 10 epochs over 50K images | several hours on one GPU (fine-tuning ResNet-164 above each of its 56 cuts dominates) |
 
 Run: `make figures`, or `papermill 05_ablations.ipynb out.ipynb -y "kernel_sizes: [1, 3]"`.
@@ -317,11 +319,11 @@ test_samples: int = None  # test images for every error; None: smoke 1000, paper
 epochs: float = None  # base-model epochs of the paper's recipe; None: smoke 4, paper 164 (64K steps)
 kernel_sizes: list = None  # stitcher kernel sizes k (odd, > 0); k > 1 skips the pooled-vector cut; None: [1, 3, 5, 7, 9]
 finetune_arch: dict = None  # the ResNet-164 family for fine-tuning vs stitching: {width, depth (9n + 2)}; None: smoke {width 0.5, depth 11}, paper {width 1, depth 164}
-finetune_epochs: float = None  # epochs of training for the re-initialised top layers above each cut; None: smoke 2, paper 164
+finetune_epochs: float = None  # epochs of training for the re-initialised top layers above each cut; None: as long as the top's own training (smoke 4, paper 164)
 random_seed: int = None  # seed of the random bottom; None: 100 (01's random control)
 STITCH_PARAMETERS
 kernel_max_change: float = KERNEL_MAX_CHANGE  # claim (a) holds if no kernel size moves the mean penalty over the cuts by more than this from k = 1 (points)
-finetune_min_gap: float = FINETUNE_MIN_GAP  # claim (b) holds if, over the later half of the cuts, stitching the random bottom costs this much more than fine-tuning above it on average (points)
+finetune_min_gap: float = FINETUNE_MIN_GAP  # claim (b) holds if, over the cuts with a block above them, stitching the random bottom costs this much more than fine-tuning above it on average (points)
 """
 
 SSL_HEADER = """
