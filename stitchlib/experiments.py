@@ -57,7 +57,7 @@ PROFILES: dict[str, dict[str, dict]] = {
         "smoke": dict(
             **_BASE["smoke"], widths=[0.0625, 0.125, 0.25], seeds=[0, 1], random_seed=100, **_STITCH["smoke"],
             architectures={"preact_resnet": {"width": 0.5, "depth": 11}, "myrtle": {"width": 0.25},
-                           "vit": {"width": 0.0833, "depth": 3}},
+                           "vit": {"width": 0.0833, "depth": 2}},
             disjoint=True,
         ),
         "paper": dict(

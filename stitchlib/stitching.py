@@ -276,12 +276,11 @@ def stitch(
     tcuts = [resolve_cut(top_model, a) for a in top_ats]
     options = dict(epochs=epochs, steps=steps, init=init, kernel_size=kernel_size, bn_policy=bn_policy, lr=lr,
                    batch_size=batch_size, ls_samples=ls_samples, ridge=ridge, seed=seed)
-    if bn_policy == "drift" and len(bcuts) > 1:
-        # The frozen parts drift differently for every cut, so each cut works on copies of its own.
-        return [stitch(bottom_model, top_model, b, dataset, train=train, test=test, top_error=top_error,
-                       top_at=t, device=device, progress=progress, **options) for b, t in zip(bcuts, tcuts)]
     if bn_policy == "drift":
-        bottom_model, top_model = copy.deepcopy(bottom_model), copy.deepcopy(top_model)
+        # One copy of the bottom serves every cut: it sees the same batches whatever the cut, so its
+        # statistics drift the same way. Each top drifts with its own cut's stitched activations,
+        # so every cut gets its own copy of the top (made below).
+        bottom_model = copy.deepcopy(bottom_model)
     channels_last(bottom_model.to(device)).eval()
     channels_last(top_model.to(device)).eval()
     if top_error is None:
@@ -298,8 +297,9 @@ def stitch(
     b_index, t_index = [c.index for c in bcuts], [c.index for c in tcuts]
     b_stages, t_stages = spine(bottom_model), spine(top_model)
     with _restore_requires_grad(bottom_model, top_model):
-        models = [StitchedModel(split(bottom_model, b)[0], s, split(top_model, t)[1], bn_policy=bn_policy)
-                  for b, t, s in zip(bcuts, tcuts, stitchers)]
+        tops = [copy.deepcopy(top_model) if bn_policy == "drift" else top_model for _ in bcuts]
+        models = [StitchedModel(split(bottom_model, b)[0], s, split(top, t)[1], bn_policy=bn_policy)
+                  for b, t, s, top in zip(bcuts, tcuts, stitchers, tops)]
         if init == "least_squares":
             ls_split = train if len(train) <= ls_samples else _first(train, ls_samples)
             fits = [_RidgeFit(c.channels, device) for c in bcuts]
