@@ -86,7 +86,7 @@ PROFILES: dict[str, dict[str, dict]] = {
                       widths=[0.25, 1.0, 2.0], freeze_max_penalty=1.0, **_STITCH["paper"]),
     },
     "ssl_vs_e2e": {
-        "smoke": dict(**_BASE["smoke"], width=0.125, seeds=[0, 1], simclr_epochs=6.0, probe_epochs=4.0,
+        "smoke": dict(**_BASE["smoke"], width=0.125, seeds=[0, 1], simclr_epochs=5.0, probe_epochs=4.0,
                       imagenet_dir="", imagenet_weights=["simclr", "swav", "dino"], imagenet_samples=200,
                       **_STITCH["smoke"]),
         "paper": dict(**_BASE["paper"], width=1.0, seeds=[0, 1], simclr_epochs=500.0, probe_epochs=100.0,
@@ -289,6 +289,7 @@ def base_model(s: Setup, *, width: float, seed: int, train_split: data_mod.Split
                   in_channels=ds.train.images.shape[1], recipe=recipe.as_config(), data=ds.identity,
                   train_split=list(map(list, train_split.recipe)), test_split=list(map(list, test_split.recipe)),
                   device=s.device.type)
+    plain = dict(config)
     # Only present when used, so plain models keep the keys they were stored under.
     if checkpoints:
         config.update(checkpoints=[float(e) for e in checkpoints], keep_checkpoints=keep_checkpoints)
@@ -318,11 +319,23 @@ def base_model(s: Setup, *, width: float, seed: int, train_split: data_mod.Split
             train_simclr(model, train_split, ds.mean, ds.std, epochs=simclr_epochs, seed=seed, device=s.device,
                          progress=progress)
             n_frozen = len(spine(model)) - 1  # a linear classifier on frozen features
-        saved = train_model(model, train_split, ds.mean, ds.std, recipe, seed=seed, device=s.device,
-                            checkpoints=tuple(checkpoints), frozen=n_frozen, desc=f"{arch} w={width} seed={seed}",
-                            progress=progress)
+        # The same run without checkpoints may be stored already (01's base models are 04's
+        # training-time run): its end is then known, and only the early part needs training.
+        known_end = (s.store.load("model", plain) if checkpoints and frozen is None and simclr_epochs is None
+                     and recipe.steps is None and all(0 < c <= recipe.epochs for c in checkpoints) else None)
+        kw = dict(seed=seed, device=s.device, frozen=n_frozen, desc=f"{arch} w={width} seed={seed}", progress=progress)
+        if known_end is None:
+            saved = train_model(model, train_split, ds.mean, ds.std, recipe, checkpoints=tuple(checkpoints), **kw)
+            err = error_rate(model, test_split, ds.mean, ds.std, device=s.device)
+        else:
+            early = tuple(c for c in checkpoints if c < recipe.epochs)
+            saved = (train_model(model, train_split, ds.mean, ds.std, recipe, checkpoints=early, until=max(early),
+                                 **kw) if early else {})
+            saved = {e: saved[e] for e in early}
+            saved[recipe.epochs] = known_end["state_dict"]
+            model.load_state_dict(known_end["state_dict"])
+            err = known_end["test_error"]
         seconds = time.perf_counter() - start
-        err = error_rate(model, test_split, ds.mean, ds.std, device=s.device)
         record = {"state_dict": {k: v.cpu() for k, v in model.state_dict().items()}, "test_error": err,
                   "train_seconds": seconds}
         if checkpoints:

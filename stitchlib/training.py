@@ -119,11 +119,15 @@ def train_model(
     device: str | torch.device = "auto",
     checkpoints: tuple[float, ...] = (),
     frozen: int = 0,
+    until: float | None = None,
     desc: str = "train",
     progress: bool = True,
 ) -> dict[float, dict]:
     """Train `model` in place. Returns {epoch: state_dict} for every epoch listed in
     `checkpoints` (plus the final one), copied to the CPU.
+
+    `until`: stop after this many epochs, with the schedule still that of the whole run: the
+    early checkpoints of a run whose end is already known, for a fraction of its cost.
 
     `frozen`: the first `frozen` stages of the model's spine (see `cut_points`) stay exactly as
     they are: no gradient, no weight decay, and BatchNorm in eval mode so that its running
@@ -148,6 +152,9 @@ def train_model(
         raise ValueError(f"checkpoint epochs {bad} lie outside the run's length (0, {length:g}] epochs")
     wanted = {min(total, max(1, round(c * len(loader)))): c for c in checkpoints}
     wanted[total] = recipe.epochs if recipe.steps is None else length
+    if until is not None and not 0 < until <= length + 1e-9:
+        raise ValueError(f"until={until!r} lies outside the run's length (0, {length:g}] epochs")
+    stop = total if until is None else min(total, max(1, round(until * len(loader))))
     opt, sched = recipe.build(model, total)
     saved: dict[float, dict] = {}
 
@@ -156,7 +163,7 @@ def train_model(
             saved[wanted[step]] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
     try:
-        run_steps(loader, total, cross_entropy_step(model, opt, sched), desc=desc, progress=progress,
+        run_steps(loader, stop, cross_entropy_step(model, opt, sched), desc=desc, progress=progress,
                   after_step=checkpoint)
     finally:
         for p, flag in zip(held, was_trainable):

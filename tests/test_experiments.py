@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import pandas as pd
@@ -7,6 +8,7 @@ import torch
 import stitchlib
 from stitchlib import experiments as E
 from stitchlib.store import CorruptArtifactWarning
+from stitchlib.training import RECIPES
 
 TINY = dict(widths=[0.0625], seeds=[0, 1], train_samples=512, test_samples=256, epochs=1.0, stitch_samples=256,
             stitch_epochs=0.5, ls_samples=256, cka_samples=128, architectures={"myrtle": {"width": 0.125}},
@@ -136,6 +138,29 @@ def _count_training(monkeypatch):
 
     monkeypatch.setattr(E, "train_model", counting)
     return trained
+
+
+def test_a_checkpointed_run_whose_end_is_stored_trains_only_its_early_part(tmp_path, monkeypatch):
+    """04's training-time run is 01's base model with checkpoints: with the end stored, only the
+    run up to its last early checkpoint trains, and every checkpoint is what the full run gives."""
+    kw = dict(width=0.0625, seed=0, recipe=dataclasses.replace(RECIPES["resnet18"], epochs=1.0))
+    full = _setup(tmp_path / "full", "connectivity", **TINY)
+    train, test, _, _ = E._splits(full)
+    _, whole = E.base_model(full, train_split=train, test_split=test, checkpoints=(0.25, 0.5, 1.0),
+                            keep_checkpoints=True, progress=False, **kw)
+    reuse = _setup(tmp_path / "reuse", "connectivity", **TINY)
+    _, plain = E.base_model(reuse, train_split=train, test_split=test, progress=False, **kw)
+    calls = []
+    real = E.train_model
+    monkeypatch.setattr(E, "train_model", lambda *a, **k: calls.append(k) or real(*a, **k))
+    _, part = E.base_model(reuse, train_split=train, test_split=test, checkpoints=(0.25, 0.5, 1.0),
+                           keep_checkpoints=True, progress=False, **kw)
+    assert [(c["checkpoints"], c["until"]) for c in calls] == [((0.25, 0.5), 0.5)]
+    assert part["curve"] == whole["curve"] and part["test_error"] == plain["test_error"]
+    for epoch, (model, _) in whole["checkpoints"].items():
+        mine, theirs = part["checkpoints"][epoch][0].state_dict(), model.state_dict()
+        assert all(torch.equal(mine[k], theirs[k]) for k in theirs), epoch
+    assert whole["checkpoints"][0.25][1]["test_error"] != whole["checkpoints"][1.0][1]["test_error"]
 
 
 def test_label_noise_reuses_the_clean_seeds_and_stitches_each_weak_bottom(tmp_path, monkeypatch):

@@ -349,7 +349,7 @@ says what is missing and where it goes, and shows the CIFAR-10 part. On a CPU ke
 
 | profile | what | runtime |
 |---|---|---|
-| `smoke` (default) | ResNet-18 at width 1/8; SimCLR for 6 epochs over 10K images, a linear classifier for 4 epochs; stitcher: 2 epochs over 2K images | SSL_SMOKE |
+| `smoke` (default) | ResNet-18 at width 1/8; SimCLR for 5 epochs over 10K images, a linear classifier for 4 epochs; stitcher: 2 epochs over 2K images | SSL_SMOKE |
 | `paper` | width 1, SimCLR for 500 epochs over 50K images, the classifier for 100; stitcher: 10 epochs over 50K; ImageNet on 10K validation images | about 1 h on one H200 for CIFAR-10 (estimate, see README) |
 
 Run: `make figures`, or `papermill 02_ssl_vs_e2e.ipynb out.ipynb -p imagenet_dir /data/imagenet/val`.
@@ -365,7 +365,7 @@ seeds: list = None  # [E2E top, second seed]: the SSS model and the reference bo
 train_samples: int = None  # training images per model; None: smoke 10000, paper 50000
 test_samples: int = None  # test images for every error; None: smoke 1000, paper 10000
 epochs: float = None  # epochs of the supervised models (the paper's SGD recipe); None: smoke 4, paper 164
-simclr_epochs: float = None  # SimCLR epochs of the SSS model (SGD, lr 0.06 x batch/256, cosine, batch 256); None: smoke 6, paper 500
+simclr_epochs: float = None  # SimCLR epochs of the SSS model (SGD, lr 0.06 x batch/256, cosine, batch 256); None: smoke 5, paper 500
 probe_epochs: float = None  # epochs of its linear classifier on the frozen features; None: smoke 4, paper 100
 imagenet_dir: str = None  # the ImageNet validation folder (<dir>/<class>/<image>); "" or None: skip the ImageNet panel
 imagenet_weights: list = None  # self-supervised ResNet-50s stitched into the supervised one; None: ["simclr", "swav", "dino"]
