@@ -331,7 +331,6 @@ def base_model(s: Setup, *, width: float, seed: int, train_split: data_mod.Split
             early = tuple(c for c in checkpoints if c < recipe.epochs)
             saved = (train_model(model, train_split, ds.mean, ds.std, recipe, checkpoints=early, until=max(early),
                                  **kw) if early else {})
-            saved = {e: saved[e] for e in early}
             saved[recipe.epochs] = known_end["state_dict"]
             model.load_state_dict(known_end["state_dict"])
             err = known_end["test_error"]
@@ -393,10 +392,12 @@ def stitch_all_cuts(s: Setup, bottom, bottom_rec, top, top_rec, *, train_split, 
         # Every cut in one pass over the data: the bottom runs once per batch for all of them.
         results = stitch(bottom, top, usable, s.dataset, train=train_split, test=test_split, top_error=top_error,
                          device=s.device, progress=bar is None, **stitch_kw)
-        found = {r.cut.index: r for r in results}
-        return {"rows": [dict(cut_index=c.index, cut=c.name,
-                              error_init=found[c.index].error_init if c.index in found else math.nan,
-                              error=found[c.index].error if c.index in found else math.nan) for c in cuts]}
+        found = {r.cut.index: (r.error_init, r.error) for r in results}
+        rows = []
+        for c in cuts:
+            error_init, error = found.get(c.index, (math.nan, math.nan))
+            rows.append(dict(cut_index=c.index, cut=c.name, error_init=error_init, error=error))
+        return {"rows": rows}
 
     return s.store.cached("stitch", config, compute)["rows"]
 

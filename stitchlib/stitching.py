@@ -18,7 +18,7 @@ from torch import nn
 
 from .data import Dataset, DeviceLoader, Split
 from .models import CutPoint, resolve_cut, spine, split
-from .training import as_nhwc, channels_last, error_rate, resolve_device, run_steps
+from .training import as_nhwc, channels_last, cross_entropy_step, error_rate, resolve_device, run_steps
 
 __all__ = ["Stitcher", "TokenBatchNorm", "StitchedModel", "StitchResult", "stitch", "BN_POLICIES", "INITS"]
 
@@ -355,20 +355,16 @@ def _train_stitchers(models: list[StitchedModel], b_stages, b_index, train: Spli
                      steps, lr, batch_size, seed, device, desc, progress):
     loader = DeviceLoader(train, dataset.mean, dataset.std, batch_size=batch_size, train=True, device=device, seed=seed)
     total = steps or max(1, math.ceil(epochs * len(loader)))
-    optimisers = [torch.optim.Adam(m.stitcher.parameters(), lr=lr, betas=(0.9, 0.999)) for m in models]
-    schedules = [torch.optim.lr_scheduler.CosineAnnealingLR(opt, total) for opt in optimisers]
+    steps_per_cut = []
     for model in models:
         model.train()
+        opt = torch.optim.Adam(model.stitcher.parameters(), lr=lr, betas=(0.9, 0.999))
+        # Every stitcher has its own loss, optimiser and schedule: the cuts never interact.
+        steps_per_cut.append(cross_entropy_step(nn.Sequential(model.stitcher, model.top), opt,
+                                                torch.optim.lr_scheduler.CosineAnnealingLR(opt, total)))
 
     def step(x, y):
         for j, h in _at_cuts(b_stages, as_nhwc(x), b_index):
-            # Every stitcher has its own loss, optimiser and schedule: the cuts never interact.
-            loss = nn.functional.cross_entropy(models[j].top(models[j].stitcher(h)), y)
-            optimisers[j].zero_grad(set_to_none=True)
-            loss.backward()
-            optimisers[j].step()
-            schedules[j].step()
+            steps_per_cut[j](h, y)
 
     run_steps(loader, total, step, desc=desc, progress=progress)
-    for model in models:
-        model.eval()
