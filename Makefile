@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9]*.ipynb))
 SANITIZE := notebooks/sanitize.cfg
 
-.PHONY: setup figures test unit nbval refresh-notebooks clean-runs
+.PHONY: setup figures results test unit nbval refresh-notebooks clean-runs
 
 setup: $(VENV)/.installed
 
@@ -20,15 +20,27 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[notebooks,dev]'
 	touch $@
 
+# Each notebook's wall time goes to figures/$(PROFILE)/timings.csv with the machine, for the README.
 figures: setup
-	@mkdir -p runs/$(PROFILE)
-	@for nb in $(NOTEBOOKS); do \
+	@mkdir -p runs/$(PROFILE) figures/$(PROFILE)
+	@cpu=$$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1 | tr -d ','); \
+	echo "notebook,seconds,date,cpu,cores" > figures/$(PROFILE)/.timings.csv; \
+	for nb in $(NOTEBOOKS); do \
 	  name=$$(basename $$nb .ipynb); \
 	  echo "== $$name ($(PROFILE))"; \
+	  start=$$(date +%s); \
 	  $(BIN)/papermill $$nb runs/$(PROFILE)/$$name.ipynb -f notebooks/params/$$name.$(PROFILE).yaml \
 	    --cwd notebooks --progress-bar || exit 1; \
-	done
+	  echo "$$name,$$(( $$(date +%s) - start )),$$(date +%F),$$cpu,$$(nproc)" \
+	    >> figures/$(PROFILE)/.timings.csv; \
+	done; \
+	mv figures/$(PROFILE)/.timings.csv figures/$(PROFILE)/timings.csv
 	@echo "figures in figures/$(PROFILE)/, executed notebooks in runs/$(PROFILE)/"
+
+# Keep a run's result tables under results/$(PROFILE)/ and render the README's results from them.
+results: setup
+	$(BIN)/python -m stitchlib collect --profile $(PROFILE)
+	$(BIN)/python -m stitchlib readme --profile $(PROFILE)
 
 unit: setup
 	$(BIN)/python -m pytest tests -q

@@ -3,7 +3,7 @@
 The public face: data (`load_dataset`), models (`build_model`, `cut_points`, `split`),
 training (`train_model`), stitching (`stitch`), similarity (`linear_cka`, `CKAAccumulator`),
 the artifact `Store`, and the notebooks' experiments (`setup`, `connectivity`, `ssl_vs_e2e`, `label_noise`,
-`more_is_better`, `ablations`, `check_claims`, `summarize`, `plot`).
+`more_is_better`, `ablations`, `check_claims`, `summarize`, `report`, `plot`).
 """
 
 __version__ = "0.1.0"
@@ -13,6 +13,7 @@ from .claims import check_claims, summarize
 from .experiments import ablations, connectivity, label_noise, more_is_better, setup, ssl_vs_e2e
 from .models import build_model, cut_points, define_spine, split
 from .plotting import plot
+from .report import report
 from .similarity import CKAAccumulator, linear_cka
 from .stitching import stitch
 from .store import Store
@@ -22,5 +23,5 @@ __all__ = [
     "load_dataset", "build_model", "cut_points", "split", "define_spine", "train_model", "stitch", "linear_cka",
     "CKAAccumulator", "Store", "setup", "connectivity", "ssl_vs_e2e", "label_noise", "more_is_better", "ablations", "check_claims",
     "summarize",
-    "plot",
+    "plot", "report",
 ]

@@ -1,91 +1,209 @@
-"""The paper's claims, checked on an experiment's results, and the numbers behind them.
+"""The paper's claims, checked on an experiment's results over its seed pairs, and the numbers
+behind them.
+
+Each claim's statistic and threshold come from the paper's words (`stitchlib.paper`), fixed
+before any result was seen, and are the same at every profile. Every statistic is computed
+per seed pair and reported as a mean with an interval (`stitchlib.statistics`); the verdict,
+"holds", "fails" or "inconclusive", is decided on the whole interval. A claim about every cut
+holds when every cut's interval holds, fails when some cut's interval fails, and is
+inconclusive otherwise.
 
 Nothing here is stored: the artifact store's code version leaves this module out, so changing
-a claim or a threshold re-checks stored results instead of recomputing them.
+a claim re-checks stored results instead of recomputing them.
 """
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import pandas as pd
 
-from .experiments import Results
+from .experiments import Results, write_csv
+from .paper import paper_note, paper_value
+from .statistics import bootstrap_weights, interval, verdict
 
-__all__ = ["check_claims", "summarize"]
+__all__ = ["check_claims", "summary_table", "summarize"]
 
 RANDOM_CONTROL_FAMILIES = ("ResNet-18",)
-_CLAIM_COLUMNS = ["claim", "model", "statistic", "threshold", "holds"]
+CLAIM_COLUMNS = ["claim", "model", "statistic", "low", "high", "threshold", "paper", "verdict", "pairs", "worst_cut"]
+_CSV_PREFIX = {"connectivity": "01_connectivity", "ssl_vs_e2e": "02_ssl_vs_e2e", "label_noise": "03_label_noise",
+               "more_is_better": "04_more_is_better", "ablations": "05_ablations"}
+# The columns of a results table that hold numbers per row; the rest say what the row is.
+_VALUES = {"error_init", "error", "top_error", "bottom_error", "penalty_init", "penalty", "cka", "pair_index",
+           "seed_top", "seed_bottom"}
+_WRONG = {"penalty": "_wrong", "penalty_init": "_wrong_init"}
 
 
-def _halves(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The first and the later half of the cut points."""
-    n_cuts = frame["cut_index"].max() + 1
-    return frame[frame["cut_index"] < n_cuts // 2], frame[frame["cut_index"] >= n_cuts // 2]
+# ------------------------------------------------------------------ per-pair statistics
+# A per-pair statistic is {pair_index: (theta, d)}: theta the pair's value, d an array over the
+# test images with theta = 100 * mean(d), or None where the statistic has no such form (CKA).
+
+def _n_cuts(frame: pd.DataFrame) -> int:
+    return int(frame["cut_index"].max()) + 1
 
 
-def _connectivity_claims(t: pd.DataFrame, *, connected_max_penalty: float, random_late_gap: float,
-                         random_early_max: float) -> list[tuple]:
-    rows = []
-    for family in t["family"].unique():
-        f = t[t["family"] == family]
-        _, late = _halves(f)
+def first_half(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame[frame["cut_index"] < _n_cuts(frame) // 2]
+
+
+def later_half(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame[frame["cut_index"] >= _n_cuts(frame) // 2]
+
+
+def _image_terms(rows: pd.DataFrame, column: str):
+    """Per row, the images' contribution to the penalty: stitched wrong - top wrong (None when the
+    rows carry no per-image correctness, e.g. a table read back from a CSV)."""
+    if _WRONG[column] not in rows or "_wrong_top" not in rows:
+        return None
+    wrong = rows[_WRONG[column]]
+    top = rows["_wrong_top"]
+    if wrong.isna().any() or top.isna().any() or any(w is None for w in wrong) or any(t is None for t in top):
+        return None
+    return [np.asarray(w, dtype=np.float32) - np.asarray(t, dtype=np.float32) for w, t in zip(wrong, top)]
+
+
+def mean_over_cuts(frame: pd.DataFrame, column: str = "penalty") -> dict:
+    """Per seed pair, the mean of `column` over the rows (cuts) given."""
+    out = {}
+    for i, rows in frame.groupby("pair_index"):
+        theta = float(rows[column].mean())
+        terms = _image_terms(rows, column) if column in _WRONG else None
+        out[i] = (theta, None if terms is None else np.mean(terms, axis=0))
+    return out
+
+
+def difference(a: dict, b: dict) -> dict:
+    """a - b, pair by pair (only pairs present in both)."""
+    return {i: (a[i][0] - b[i][0], None if a[i][1] is None or b[i][1] is None else a[i][1] - b[i][1])
+            for i in sorted(set(a) & set(b))}
+
+
+def _interval(per_pair: dict, confidence: float, weights):
+    values = [per_pair[i][0] for i in sorted(per_pair)]
+    images = [per_pair[i][1] for i in sorted(per_pair)]
+    images = None if any(d is None for d in images) else images
+    w = None
+    if images is not None:
+        w = weights(len(images[0]))
+    return interval(values, images, confidence=confidence, weights=w)
+
+
+class _Judge:
+    """Collects claim rows for one experiment."""
+
+    def __init__(self, confidence: float):
+        self.confidence = confidence
+        self.rows: list[dict] = []
+        cache: dict[int, np.ndarray] = {}
+        # One set of bootstrap draws per test-set size, shared by every statistic of the run.
+        self.weights = lambda n: cache.setdefault(n, bootstrap_weights(n))
+
+    def claim(self, text: str, model: str, per_pair: dict, comparator: str, key: str) -> None:
+        threshold = paper_value(key)
+        if not per_pair:
+            iv, pairs = None, 0
+        else:
+            iv, pairs = _interval(per_pair, self.confidence, self.weights), len(per_pair)
+        self.rows.append(dict(claim=text, model=model, statistic=iv.mean if iv else math.nan,
+                              low=iv.low if iv else math.nan, high=iv.high if iv else math.nan,
+                              threshold=f"{comparator} {threshold:g}", paper=paper_note(key),
+                              verdict=verdict(iv, comparator, threshold) if iv else "inconclusive", pairs=pairs,
+                              worst_cut=""))
+
+    def every_cut(self, text: str, model: str, frame: pd.DataFrame, comparator: str, key: str,
+                  column: str = "penalty") -> None:
+        """A claim about every cut: judged cut by cut (holds if every cut holds, fails if any cut
+        fails); the row shows the deciding cut (`worst_cut`) with its mean and interval."""
+        threshold = paper_value(key)
+        cuts = []
+        for (index, cut), rows in frame.groupby(["cut_index", "cut"]):
+            iv = _interval(mean_over_cuts(rows, column), self.confidence, self.weights)
+            cuts.append((cut, iv, verdict(iv, comparator, threshold)))
+        verdicts = {v for _, _, v in cuts}
+        overall = "fails" if "fails" in verdicts else "holds" if verdicts == {"holds"} else "inconclusive"
+        # The row shows the cut that decides the verdict: among the cuts with the overall verdict,
+        # the one with the worst mean for the claim.
+        sign = 1 if comparator in ("<=", "<") else -1
+        cut, iv, _ = max((c for c in cuts if c[2] == overall), key=lambda c: sign * c[1].mean)
+        self.rows.append(dict(claim=text, model=model, statistic=iv.mean, low=iv.low, high=iv.high,
+                              threshold=f"{comparator} {threshold:g}", paper=paper_note(key), verdict=overall,
+                              pairs=iv.pairs, worst_cut=cut))
+
+
+# ------------------------------------------------------------------ the claims of each notebook
+
+def _connectivity_claims(j: _Judge, t: pd.DataFrame) -> None:
+    for (family, width), f in t.groupby(["family", "width"], sort=False):
+        model = f"{family} w={width:g}"
         trained, random = f[f["bottom"] == "trained"], f[f["bottom"] == "random"]
-        worst = trained["penalty"].max()
-        rows.append(("(a) two seeds are stitching-connected: max penalty over cuts (points)", family,
-                     worst, f"<= {connected_max_penalty}", worst <= connected_max_penalty))
+        j.every_cut("(a) two seeds are stitching-connected: penalty at every cut (points)", model, trained, "<=",
+                    "close")
         if random.empty or family not in RANDOM_CONTROL_FAMILIES:
             continue
-        gap = min(late[(late["bottom"] == "random") & (late["width"] == w)]["penalty"].mean()
-                  - late[(late["bottom"] == "trained") & (late["width"] == w)]["penalty"].mean()
-                  for w in f["width"].unique())
-        rows.append(("(b) a random bottom is far worse at the later cuts: mean penalty gap (points)", family,
-                     gap, f">= {random_late_gap}", gap >= random_late_gap))
-        early = random[random["cut_index"] == 0]["penalty"].max()
-        rows.append(("(c) the first cut of a random bottom is cheap: its penalty (points)", family,
-                     early, f"<= {random_early_max}", early <= random_early_max))
-    return rows
+        j.claim("(b) a random bottom is not stitching-connected: its mean penalty over the later half of the cuts "
+                "(points)", model, mean_over_cuts(later_half(random)), ">", "random_late")
+        j.claim("(c) a random bottom is cheap at the first cut: its penalty there (points)", model,
+                mean_over_cuts(random[random["cut_index"] == 0]), "<=", "random_early")
 
 
-def _label_noise_claims(t: pd.DataFrame, *, early_max_excess: float, noise_late_min_excess: float) -> list[tuple]:
+def _beyond_weaker(f: pd.DataFrame) -> dict:
+    """Per pair, the mean over the cuts of what stitching loses beyond the weaker of its two
+    networks: error - max(top error, bottom error), per image wrong - the weaker one's wrong."""
+    out = {}
+    for i, rows in f.groupby("pair_index"):
+        weaker = "_wrong_top" if rows["top_error"].iloc[0] >= rows["bottom_error"].iloc[0] else "_wrong_bottom"
+        theta = float((rows["error"] - rows[["top_error", "bottom_error"]].max(axis=1)).mean())
+        terms = [np.asarray(w, np.float32) - np.asarray(b, np.float32) for w, b in zip(rows["_wrong"], rows[weaker])]
+        out[i] = (theta, np.mean(terms, axis=0))
+    return out
+
+
+def _ssl_claims(j: _Judge, t: pd.DataFrame) -> None:
+    cifar = t[t["panel"] == "CIFAR-10"]
+    for direction in ("SSS into E2E", "E2E into SSS"):
+        f = cifar[cifar["direction"] == direction]
+        j.every_cut("(a) SSS and E2E are stitching-connected: penalty at every cut (points; the paper's statistic)",
+                    direction, f, "<=", "ssl_cifar")
+    seeds = _beyond_weaker(cifar[cifar["direction"] == "E2E into E2E"])
+    for direction in ("SSS into E2E", "E2E into SSS"):
+        stat = difference(_beyond_weaker(cifar[cifar["direction"] == direction]), seeds)
+        j.claim("(a') adapted, for an SSS model weaker than E2E: mean error over the cuts beyond the weaker network, "
+                "minus the same for two supervised seeds (points; not the paper's statistic)", direction, stat, "<=",
+                "ssl_cifar")
+    cka = difference(mean_over_cuts(cifar[cifar["direction"] == "E2E into E2E"], "cka"),
+                     mean_over_cuts(cifar[cifar["direction"] == "SSS into E2E"], "cka"))
+    j.claim("(b) yet CKA calls them less similar: mean CKA over the cuts of the seed pair minus SSS-E2E's", "CKA", cka,
+            ">", "cka_ssl")
+    for pair, f in t[t["panel"] == "ImageNet"].groupby("pair", sort=False):
+        j.every_cut("(c) ImageNet: a self-supervised ResNet-50 stitches into the supervised one: penalty at every "
+                    "cut (points; one network each, test-set interval only)", pair, f, "<=", "ssl_imagenet")
+
+
+def _label_noise_claims(j: _Judge, t: pd.DataFrame) -> None:
     """Each weak bottom against the clean reference bottom (another seed on clean labels): "as good
-    as the clean model's" is measured as the excess of its mean penalty over the reference's."""
-    clean = t[t["labels"] == "clean"]
-    clean_early, clean_late = (half["penalty"].mean() for half in _halves(clean))
-    rows = []
+    as the clean model's" is measured as the excess of its mean penalty over the first half."""
+    clean = mean_over_cuts(first_half(t[t["labels"] == "clean"]))
     for pair, f in t[t["labels"] != "clean"].groupby("pair", sort=False):
-        early, late = _halves(f)
+        stat = difference(mean_over_cuts(first_half(f)), clean)
         if f["noise"].iloc[0] == 1.0:
-            stat = late["penalty"].mean() - clean_late
-            rows.append(("(b) a bottom trained on random labels fails at the later cuts: its mean penalty over "
-                         "the later half minus the clean seed's (points)", pair, stat, f">= {noise_late_min_excess}",
-                         stat >= noise_late_min_excess))
+            j.claim("(b) except with 100% label noise: its mean penalty over the first half of the cuts minus the clean "
+                    "seed's (points)", pair, stat, ">", "label_early")
         else:
-            stat = early["penalty"].mean() - clean_early
-            rows.append(("(a) its first half of the layers is as good as the clean model's: its mean penalty "
-                         "over the first half minus the clean seed's (points)", pair, stat, f"<= {early_max_excess}",
-                         stat <= early_max_excess))
-    return rows
+            j.claim("(a) the first half of the layers is as good as the clean model's: its mean penalty over the first "
+                    "half of the cuts minus the clean seed's (points)", pair, stat, "<=", "label_early")
 
 
-def _more_is_better_claims(results: Results, *, better_max_penalty: float, narrower_late_min: float,
-                           converge_gap: float, freeze_margin: float) -> list[tuple]:
+def _more_is_better_claims(j: _Judge, results: Results) -> None:
     t, p = results.table, results.setup.params
     stitched = t[t["penalty"].notna()]
-    rows = []
 
     def pair(panel, value):
         return stitched[(stitched["panel"] == panel) & (stitched["value"] == value)]
 
     def helps(what, frame, model):
-        stat = frame["penalty"].min()
-        rows.append((f"(a) {what} plugs in and helps: lowest penalty over the cuts (points)", model, stat,
-                     f"< {better_max_penalty}", stat < better_max_penalty))
-
-    def does_not_help(what, frame, model):
-        stat = _halves(frame)[1]["penalty"].min()
-        rows.append((f"(b) {what} does not help: lowest penalty over the later half (points)", model, stat,
-                     f"> {narrower_late_min}", stat > narrower_late_min))
+        j.claim(f"(a) {what} plugs in and helps: mean penalty over the later half of the cuts (points)", model,
+                mean_over_cuts(later_half(frame)), "<", "better")
 
     helps("a bottom trained on more samples", pair("samples", p["samples"]),
           f"{p['samples']:,} samples into {p['top_samples']:,}")
@@ -95,122 +213,125 @@ def _more_is_better_claims(results: Results, *, better_max_penalty: float, narro
         helps("a wider bottom", pair(into_one, wide), f"width {wide:g} into {one:g}")
     if narrow < one:
         helps("a wider bottom", pair(from_one, narrow), f"width {one:g} into {narrow:g}")
-        does_not_help("a narrower bottom", pair(into_one, narrow), f"width {narrow:g} into {one:g}")
-    if wide > one:
-        does_not_help("a narrower bottom", pair(from_one, wide), f"width {one:g} into {wide:g}")
-    first = min(float(e) for e in p["checkpoint_epochs"])
-    early, late = _halves(pair("training time", first))
-    gap = late["penalty"].mean() - early["penalty"].mean()
-    rows.append(("(c) early layers converge first: mean penalty of the later half minus the first half (points)",
-                 f"epoch {first:g} into epoch {p['top_epoch']:g}", gap, f">= {converge_gap}", gap >= converge_gap))
+    latest, first = max(p["checkpoint_epochs"]), min(p["checkpoint_epochs"])
+    if latest > p["top_epoch"]:
+        helps("a bottom trained longer", pair("training time", float(latest)),
+              f"epoch {latest:g} into epoch {p['top_epoch']:g}")
+    for frame, model in ((pair(into_one, narrow), f"width {narrow:g} into {one:g}"),
+                         (pair(from_one, wide), f"width {one:g} into {wide:g}")):
+        if not frame.empty and model.split()[1] != model.split()[3]:
+            j.claim("(b) a narrower bottom does not help: mean penalty over the later half of the cuts (points)", model,
+                    mean_over_cuts(later_half(frame)), ">=", "better")
+    early = pair("training time", float(first))
+    j.claim("(c) early layers converge first: mean penalty over the later half minus over the first half (points)",
+            f"epoch {first:g} into epoch {p['top_epoch']:g}",
+            difference(mean_over_cuts(later_half(early)), mean_over_cuts(first_half(early))), ">", "training_time")
     c = results.curves
-    finals = c.sort_values("epoch").groupby("run", sort=False)["test_error"].last()
-    frozen = c[c["frozen_stages"] > 0]
-    if frozen.empty:
-        stat, holds = math.nan, False  # no stage qualified: the prediction it tests did not hold
-    else:
-        stat = finals[frozen["run"].iloc[0]] - finals["normal training"]
-        holds = stat <= freeze_margin
-    rows.append(("(d) freeze training ends near normal training: final test error minus normal training's (points)",
-                 "freeze training", stat, f"<= {freeze_margin}", holds))
-    return rows
+    final = c.sort_values("epoch").groupby(["run", "pair_index"], sort=False).last().reset_index()
+    frozen = final[final["frozen_stages"] > 0]
+    stat = {}
+    for _, row in frozen.iterrows():
+        normal = final[(final["run"] == "normal training") & (final["pair_index"] == row["pair_index"])].iloc[0]
+        stat[row["pair_index"]] = (row["test_error"] - normal["test_error"],
+                                   np.asarray(row["_wrong"], np.float32) - np.asarray(normal["_wrong"], np.float32))
+    # With no stage near zero the prediction could not be tested: no statistic, "inconclusive".
+    j.claim("(d) freeze training ends near normal training: final test error minus normal training's (points)",
+            "freeze training" if stat else "freeze training (no stage qualified)", stat, "<=", "freeze")
 
 
-def _ablation_claims(t: pd.DataFrame, *, kernel_max_change: float, finetune_min_gap: float) -> list[tuple]:
-    rows = []
+def _ablation_claims(j: _Judge, t: pd.DataFrame) -> None:
     kernel = t[(t["panel"] == "kernel size") & t["penalty"].notna()]
-    base = kernel[kernel["value"] == 1].set_index("cut_index")["penalty"]
-    if not base.empty:
-        change = max((abs((f.set_index("cut_index")["penalty"] - base).mean()) for k, f in kernel.groupby("value")
-                      if k != 1), default=0.0)
-        rows.append(("(a) the kernel size barely matters: largest change of the mean penalty against k = 1 "
-                     "(points)", "ResNet-18", change, f"<= {kernel_max_change}", change <= kernel_max_change))
+    maps = kernel["cut_index"].isin(kernel[kernel["value"] != 1]["cut_index"])  # the cuts every k stitches
+    base = mean_over_cuts(kernel[maps & (kernel["value"] == 1)])
+    for k, f in kernel[maps & (kernel["value"] != 1)].groupby("value"):
+        j.claim("(a) the kernel size barely matters: mean penalty over the feature-map cuts minus k = 1's (points)",
+                f"k = {k:g}", difference(mean_over_cuts(f), base), "within", "kernel")
     ft = t[t["panel"] == "fine-tuning vs stitching"]
-    # Above the last block of the ResNet-164 family lie only the final BatchNorm, the pooling and
-    # the classifier: at the last two cuts fine-tuning is a linear probe, as stitching is there.
-    deep = ft[ft["cut_index"] < ft["cut_index"].max() - 1].pivot_table(index="cut_index", columns="pair",
-                                                                        values="penalty")
-    gap = (deep["stitching"] - deep["fine-tuning"]).mean()
-    rows.append(("(b) fine-tuning makes a random bottom look good, stitching does not: mean penalty of stitching "
-                 "minus fine-tuning over the cuts with a block above them (points)", "random bottom", gap,
-                 f">= {finetune_min_gap}", gap >= finetune_min_gap))
-    return rows
+    j.claim("(b) fine-tuning makes a random bottom look better than stitching does: mean penalty over the cuts of "
+            "stitching minus fine-tuning (points)", "random bottom",
+            difference(mean_over_cuts(ft[ft["pair"] == "stitching"]), mean_over_cuts(ft[ft["pair"] == "fine-tuning"])),
+            ">", "finetune")
 
 
-def _ssl_claims(t: pd.DataFrame, *, ssl_max_excess: float, cka_min_gap: float) -> list[tuple]:
-    cifar = t[t["panel"] == "CIFAR-10"]
+def check_claims(results: Results, *, write: bool = True) -> pd.DataFrame:
+    """The paper's claims for `results`, one row each: claim, model, statistic (mean over the seed
+    pairs) with its interval (low, high), threshold, the paper's number and where it comes from,
+    verdict ("holds", "fails", "inconclusive") and the number of seed pairs. The confidence level
+    is the run's `confidence` parameter. With `write`, the table and the per-cut summary
+    (`summary_table`) go to the run's figures folder as <notebook>_claims.csv and _summary.csv.
 
-    def beyond_weaker(f):
-        # What stitching loses beyond the weaker of its two networks: with networks of equal
-        # accuracy (the paper's) this is the penalty; with a weaker SSS model it does not charge
-        # the stitch for the gap between the networks themselves.
-        return (f["error"] - f[["top_error", "bottom_error"]].max(axis=1)).max()
-
-    ref = beyond_weaker(cifar[cifar["direction"] == "E2E into E2E"])
-    rows = []
-    for direction in ("SSS into E2E", "E2E into SSS"):
-        stat = beyond_weaker(cifar[cifar["direction"] == direction]) - ref
-        rows.append(("(a) SSS and E2E are stitching-connected like two supervised seeds: largest error beyond the "
-                     "weaker network's, minus the seed pair's (points)", direction, stat, f"<= {ssl_max_excess}",
-                     stat <= ssl_max_excess))
-    cka = cifar.groupby("direction")["cka"].mean()
-    gap = cka["E2E into E2E"] - cka["SSS into E2E"]
-    rows.append(("(b) yet CKA calls them less similar: mean CKA of the seed pair minus SSS-E2E's", "CKA", gap,
-                 f"> {cka_min_gap}", gap > cka_min_gap))
-    imagenet = t[t["panel"] == "ImageNet"]
-    for pair, f in imagenet.groupby("pair", sort=False):
-        stat = f["penalty"].max()
-        rows.append(("(c) ImageNet: a self-supervised ResNet-50 stitches into the supervised one: largest penalty "
-                     "(points)", pair, stat, f"<= {ssl_max_excess}", stat <= ssl_max_excess))
-    return rows
-
-
-def check_claims(results: Results, **thresholds: float) -> pd.DataFrame:
-    """The paper's claims for `results`, one row each: claim, model, statistic, threshold, verdict.
-    The thresholds are the notebook's parameters of the same names.
-
-    connectivity: (a) for every panel (ResNet-18's widths count as one panel: the statistic is the
-    worst width); (b) and (c), about the random control, for ResNet-18, where the paper makes them.
-    label_noise: (a) for each weak bottom but the 100%-noise one, (b) for the 100%-noise one.
-    more_is_better: (a) more samples and more width help, in both directions of the width
-    experiment; (b) less width does not; (c) training time; (d) freeze training.
-    ssl_vs_e2e: (a) both directions of SSS-E2E stitching against the seed pair, (b) CKA; (c) each
-    ImageNet pair, when that panel ran.
-    ablations: (a) kernel size, (b) fine-tuning vs stitching.
+    connectivity: (a) for every panel and width; (b) and (c), about the random control, for
+    ResNet-18, where the paper makes them. label_noise: (a) for each weak bottom but the
+    100%-noise one, (b) for the 100%-noise one. more_is_better: (a) more samples, width and
+    training time help; (b) less width does not; (c) early layers converge first; (d) freeze
+    training. ssl_vs_e2e: (a) the paper's statistic for both directions and (a') the adapted one,
+    (b) CKA; (c) each ImageNet pair, when that panel ran. ablations: (a) each kernel size,
+    (b) fine-tuning vs stitching.
     """
     experiment = results.setup.experiment
+    j = _Judge(results.setup.params["confidence"])
     if experiment == "connectivity":
-        rows = _connectivity_claims(results.table, **thresholds)
+        _connectivity_claims(j, results.table)
     elif experiment == "label_noise":
-        rows = _label_noise_claims(results.table, **thresholds)
+        _label_noise_claims(j, results.table)
     elif experiment == "ssl_vs_e2e":
-        rows = _ssl_claims(results.table, **thresholds)
+        _ssl_claims(j, results.table)
     elif experiment == "ablations":
-        rows = _ablation_claims(results.table, **thresholds)
+        _ablation_claims(j, results.table)
     else:
-        rows = _more_is_better_claims(results, **thresholds)
-    return pd.DataFrame(rows, columns=_CLAIM_COLUMNS)
+        _more_is_better_claims(j, results)
+    claims = pd.DataFrame(j.rows, columns=CLAIM_COLUMNS)
+    if write:
+        prefix = _CSV_PREFIX[experiment]
+        write_csv(claims, results.setup.figures / f"{prefix}_claims.csv")
+        write_csv(summary_table(results), results.setup.figures / f"{prefix}_summary.csv")
+        write_csv(results.models, results.setup.figures / f"{prefix}_models.csv")
+    return claims
+
+
+def summary_table(results: Results) -> pd.DataFrame:
+    """One row per comparison and cut: the mean over the seed pairs of the penalty after training,
+    at initialisation, and of CKA, each with its interval (`<value>_low`, `<value>_high`)."""
+    t = results.table
+    keys = [c for c in t.columns if c not in _VALUES and not c.startswith("_") and c not in ("cut_index", "cut")]
+    j = _Judge(results.setup.params["confidence"])
+    rows = []
+    for key, f in t.groupby(keys + ["cut_index", "cut"], sort=False, dropna=False):
+        row = dict(zip(keys + ["cut_index", "cut"], key))
+        row["pairs"] = f["pair_index"].nunique()
+        for value in ("penalty", "penalty_init", "cka"):
+            per_pair = mean_over_cuts(f[f[value].notna()], value) if f[value].notna().any() else {}
+            if not per_pair or (len(per_pair) < 2 and any(d is None for _, d in per_pair.values())):
+                row.update({value: f[value].mean(), f"{value}_low": math.nan, f"{value}_high": math.nan})
+                continue
+            iv = _interval(per_pair, j.confidence, j.weights)
+            row.update({value: iv.mean, f"{value}_low": iv.low, f"{value}_high": iv.high})
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def summarize(results: Results, claims: pd.DataFrame) -> None:
-    """Print the numbers behind the verdicts: base-model errors, claim statistics, penalties and CKA per cut."""
-    t = results.table
-    with pd.option_context("display.width", 160, "display.precision", 2, "display.max_columns", 30):
+    """Print the numbers behind the verdicts: base-model errors, claim statistics with their
+    intervals, and the mean penalty and CKA per cut over the seed pairs."""
+    summary = summary_table(results)
+    with pd.option_context("display.width", 160, "display.precision", 2, "display.max_columns", 30,
+                           "display.max_colwidth", 70):
         print("base models (test error, %):")
         print(results.models.to_string(index=False))
-        print("\nclaims:")
-        print(claims.to_string(index=False))
+        print("\nclaims (mean over seed pairs, interval [low, high]):")
+        print(claims.drop(columns=["paper"]).to_string(index=False))
         if results.setup.experiment == "connectivity":
-            groups, columns = t.groupby("family", sort=False), ["width", "bottom"]
+            groups, columns = summary.groupby("family", sort=False), ["width", "bottom"]
         else:
-            groups, columns = t.groupby("panel", sort=False), ["pair"]
+            groups, columns = summary.groupby("panel", sort=False), ["pair"]
         for name, f in groups:
             for value in ("penalty", "cka"):
                 if f[value].isna().all():
                     continue
                 pivot = f.pivot_table(index=["cut_index", "cut"], columns=columns, values=value, sort=False)
-                what = "stitching penalty after training (points)" if value == "penalty" else "linear CKA(top, bottom)"
-                print(f"\n{name}: {what}:")
+                what = ("stitching penalty after training (points)" if value == "penalty"
+                        else "linear CKA(top, bottom)")
+                print(f"\n{name}: {what}, mean over seed pairs:")
                 print(pivot.round(2).to_string())
         for note in results.notes:
             print(f"\nnote: {note}")
@@ -218,6 +339,6 @@ def summarize(results: Results, claims: pd.DataFrame) -> None:
             print("\nTable 1, with our numbers:")
             print(results.overview.set_index("method").T.to_string())
         if results.curves is not None:
-            print("\nfreeze training: test error (%) against SGD steps:")
+            print("\nfreeze training: test error (%) against SGD steps, mean over seed pairs:")
             print(results.curves.pivot_table(index="step", columns="run", values="test_error", sort=False)
                   .round(2).to_string())

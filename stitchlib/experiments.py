@@ -13,10 +13,12 @@ import functools
 import math
 import os
 import time
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
@@ -26,9 +28,10 @@ from .models import ARCHITECTURES, build_model, cut_points, spine
 from .similarity import CKAAccumulator
 from .pretrained import IMAGENET_WEIGHTS, WeightsNotFoundError, load_imagenet_folder, load_resnet50
 from .ssl import train_simclr
+from .statistics import validate_confidence
 from .stitching import stitch
 from .store import Store
-from .training import RECIPES, Recipe, error_rate, resolve_device, train_model
+from .training import RECIPES, Recipe, misclassified, percent, resolve_device, train_model
 
 __all__ = ["PROFILES", "Setup", "setup", "Results", "connectivity", "ssl_vs_e2e", "label_noise", "more_is_better",
            "ablations"]
@@ -36,32 +39,37 @@ __all__ = ["PROFILES", "Setup", "setup", "Results", "connectivity", "ssl_vs_e2e"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 # The stitcher and CKA sizes every experiment shares, per profile (the paper's stitcher lr is
-# 1e-3; the smoke stitcher gets 32 steps, hence 3e-2).
+# 1e-3; the smoke stitcher gets 16 steps, hence 3e-2), and the intervals' confidence level.
 _STITCH = {
-    "smoke": dict(stitch_samples=2000, stitch_epochs=2.0, stitch_lr=0.03, ls_samples=500, cka_samples=500,
-                  cka_estimator="exact"),
+    "smoke": dict(stitch_samples=2000, stitch_epochs=1.0, stitch_lr=0.03, ls_samples=500, cka_samples=500,
+                  cka_estimator="exact", confidence=0.95),
     "paper": dict(stitch_samples=50000, stitch_epochs=10.0, stitch_lr=0.001, ls_samples=10000, cka_samples=10000,
-                  cka_estimator="minibatch"),
+                  cka_estimator="minibatch", confidence=0.95),
 }
-# The clean ResNet-18 that every notebook starts from. At smoke it is width 1/8 of 01's widths
-# (the "1x" of the scaled-down 0.5x : 1x : 2x), so 03 and 04 take its two seeds from the store.
+# The clean ResNet-18 that every notebook starts from: width 1/8 at smoke (the "1x" scaled down),
+# so that 02-05 take 01's seed pairs from the store.
 _BASE = {
-    "smoke": dict(dataset="cifar10", arch="resnet18", train_samples=10000, test_samples=1000, epochs=4.0),
+    # Seeds in (top, bottom) pairs: two independent pairs at smoke, three at paper scale.
+    "smoke": dict(dataset="cifar10", arch="resnet18", train_samples=10000, test_samples=1000, epochs=4.0,
+                  seeds=[0, 1, 2, 3]),
     # 64K steps of batch 128 on 50K images = 164 epochs (Appendix A.2).
-    "paper": dict(dataset="cifar10", arch="resnet18", train_samples=50000, test_samples=10000, epochs=164.0),
+    "paper": dict(dataset="cifar10", arch="resnet18", train_samples=50000, test_samples=10000, epochs=164.0,
+                  seeds=[0, 1, 2, 3, 4, 5]),
 }
 
 # Sizes per profile. The notebooks' parameters default to None, meaning "the profile's value".
 PROFILES: dict[str, dict[str, dict]] = {
     "connectivity": {
         "smoke": dict(
-            **_BASE["smoke"], widths=[0.0625, 0.125, 0.25], seeds=[0, 1], random_seed=100, **_STITCH["smoke"],
-            architectures={"preact_resnet": {"width": 0.5, "depth": 11}, "myrtle": {"width": 0.25},
-                           "vit": {"width": 0.0833, "depth": 2}},
-            disjoint=True,
+            # Two seed pairs of fewer panels than the paper's, within the CPU budget: one ResNet-18
+            # width, ResNet-11 (the ResNet-164 family at n = 1), the Myrtle CNN; the ViT and the
+            # disjoint halves run at the paper profile (or with -y/-p).
+            **_BASE["smoke"], widths=[0.125], random_seed=100, **_STITCH["smoke"],
+            architectures={"preact_resnet": {"width": 0.25, "depth": 11}, "myrtle": {"width": 0.25}},
+            disjoint=False,
         ),
         "paper": dict(
-            **_BASE["paper"], widths=[0.5, 1.0, 2.0], seeds=[0, 1], random_seed=100, **_STITCH["paper"],
+            **_BASE["paper"], widths=[0.5, 1.0, 2.0], random_seed=100, **_STITCH["paper"],
             # ResNet-164; the Myrtle CNN for 80K steps (205 epochs); the paper's ViT (trained on
             # CIFAR-5m there, on CIFAR-10 here).
             architectures={"preact_resnet": {"width": 1.0, "depth": 164}, "myrtle": {"width": 1.0, "epochs": 205.0},
@@ -70,34 +78,34 @@ PROFILES: dict[str, dict[str, dict]] = {
         ),
     },
     "label_noise": {
-        "smoke": dict(**_BASE["smoke"], width=0.125, seeds=[0, 1], noise=[0.1, 0.5, 1.0], coarse=True,
+        "smoke": dict(**_BASE["smoke"], width=0.125, noise=[0.5, 1.0], coarse=True,
                       **_STITCH["smoke"]),
-        "paper": dict(**_BASE["paper"], width=1.0, seeds=[0, 1], noise=[0.1, 0.5, 1.0], coarse=True,
+        "paper": dict(**_BASE["paper"], width=1.0, noise=[0.1, 0.5, 1.0], coarse=True,
                       **_STITCH["paper"]),
     },
     "more_is_better": {
         # Section 6 at the paper's sample sizes in both profiles: every model of the samples
         # experiment takes as many SGD steps as the base recipe, so the sizes cost nothing extra.
-        "smoke": dict(**_BASE["smoke"], width=0.125, seeds=[0, 1], fewer_samples=5000, top_samples=10000,
-                      samples=25000, checkpoint_epochs=[1.0, 2.0, 4.0], top_epoch=2.0,
-                      widths=[0.03125, 0.125, 0.25], freeze_max_penalty=3.0, **_STITCH["smoke"]),
-        "paper": dict(**_BASE["paper"], width=1.0, seeds=[0, 1], fewer_samples=5000, top_samples=10000,
+        "smoke": dict(**_BASE["smoke"], width=0.125, fewer_samples=5000, top_samples=10000,
+                      samples=25000, checkpoint_epochs=[1.0, 4.0], top_epoch=2.0,
+                      widths=[0.03125, 0.125], freeze_max_penalty=3.0, **_STITCH["smoke"]),
+        "paper": dict(**_BASE["paper"], width=1.0, fewer_samples=5000, top_samples=10000,
                       samples=25000, checkpoint_epochs=[40.0, 80.0, 160.0], top_epoch=80.0,
                       widths=[0.25, 1.0, 2.0], freeze_max_penalty=1.0, **_STITCH["paper"]),
     },
     "ssl_vs_e2e": {
-        "smoke": dict(**_BASE["smoke"], width=0.125, seeds=[0, 1], simclr_epochs=5.0, probe_epochs=4.0,
+        "smoke": dict(**_BASE["smoke"], width=0.125, simclr_epochs=5.0, probe_epochs=4.0,
                       imagenet_dir="", imagenet_weights=["simclr", "swav", "dino"], imagenet_samples=200,
                       **_STITCH["smoke"]),
-        "paper": dict(**_BASE["paper"], width=1.0, seeds=[0, 1], simclr_epochs=500.0, probe_epochs=100.0,
+        "paper": dict(**_BASE["paper"], width=1.0, simclr_epochs=500.0, probe_epochs=100.0,
                       imagenet_dir="", imagenet_weights=["simclr", "swav", "dino"], imagenet_samples=10000,
                       **_STITCH["paper"]),
     },
     "ablations": {
-        "smoke": dict(**_BASE["smoke"], width=0.125, seeds=[0, 1], kernel_sizes=[1, 3, 5, 7, 9],
-                      finetune_arch={"width": 0.5, "depth": 11}, finetune_epochs=4.0, random_seed=100,
+        "smoke": dict(**_BASE["smoke"], width=0.125, kernel_sizes=[1, 3, 9],
+                      finetune_arch={"width": 0.25, "depth": 11}, finetune_epochs=4.0, random_seed=100,
                       **_STITCH["smoke"]),
-        "paper": dict(**_BASE["paper"], width=1.0, seeds=[0, 1], kernel_sizes=[1, 3, 5, 7, 9],
+        "paper": dict(**_BASE["paper"], width=1.0, kernel_sizes=[1, 3, 5, 7, 9],
                       finetune_arch={"width": 1.0, "depth": 164}, finetune_epochs=164.0, random_seed=100,
                       **_STITCH["paper"]),
     },
@@ -112,7 +120,7 @@ PARAM_TYPES = dict(
     disjoint=bool, noise=list, coarse=bool, fewer_samples=int, top_samples=int, samples=int,
     checkpoint_epochs=list, top_epoch=_NUMBER, freeze_max_penalty=_NUMBER, kernel_sizes=list,
     finetune_arch=dict, finetune_epochs=_NUMBER, simclr_epochs=_NUMBER, probe_epochs=_NUMBER, imagenet_dir=str,
-    imagenet_weights=list, imagenet_samples=int,
+    imagenet_weights=list, imagenet_samples=int, confidence=_NUMBER,
 )
 # Sample sizes drawn from the training split; the rest come from the test split.
 _TRAIN_SIZES = ("train_samples", "fewer_samples", "top_samples", "samples")
@@ -136,7 +144,11 @@ class Setup:
     def describe(self) -> None:
         """Print what will run: profile, device, data identity, store, parameters."""
         ident = self.dataset.identity
-        print(f"experiment {self.experiment} | profile {self.profile} | device {self.device.type}")
+        where = (torch.cuda.get_device_name(self.device) if self.device.type == "cuda"
+                 else f"{torch.get_num_threads()} threads")
+        print(f"experiment {self.experiment} | profile {self.profile} | device {self.device.type} ({where})")
+        print(f"seeds      {len(self['seeds']) // 2} pairs (top, bottom): {seed_pairs(self.params)}; "
+              f"intervals at {self['confidence']:.0%}")
         print(f"data       {ident['name']} from {ident['source']} (sha256 {ident['sha256'][:12]}...)")
         print(f"store      {self.store.root}")
         print(f"figures    {self.figures}")
@@ -179,9 +191,6 @@ def setup(experiment: str, *, profile: str = "smoke", device: str = "auto", figu
         if key in resolved and resolved[key] > len(split):
             raise ValueError(f"{key}={resolved[key]} exceeds the {len(split)} images of the "
                              f"{'test' if key == 'test_samples' else 'training'} split")
-    if resolved.get("coarse") and dataset.train.classes != data_mod.CIFAR10_CLASSES:
-        raise ValueError(f"coarse=True needs CIFAR-10's classes (Animals vs Objects); {resolved['dataset']!r} "
-                         "has other classes: set coarse=False")
     if figures_dir:
         figures = Path(figures_dir)
     else:
@@ -190,21 +199,38 @@ def setup(experiment: str, *, profile: str = "smoke", device: str = "auto", figu
     return Setup(experiment, profile, resolved, dev, Store(store), dataset, figures)
 
 
+def seed_pairs(p: dict) -> list[tuple[int, int]]:
+    """The independent (top, bottom) seed pairs: seeds[0:2], seeds[2:4], ..."""
+    return list(zip(p["seeds"][0::2], p["seeds"][1::2]))
+
+
+def derived_seed(seed: int, what: str) -> int:
+    """A seed of its own for a model compared with the one of `seed` (a weak or self-supervised
+    bottom, fresh top layers), so that the two share neither initialisation nor data order."""
+    return zlib.crc32(f"{what}/{seed}".encode()) % 2**31
+
+
 def _is_number(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
 def _validate(p: dict) -> None:
     """Every check that needs no data, so a bad value fails before anything is loaded or trained."""
+    if p["dataset"] not in data_mod.DATASETS:
+        raise ValueError(f"unknown dataset {p['dataset']!r}; valid names: {', '.join(data_mod.DATASETS)}")
     if p["arch"] not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {p['arch']!r}; valid: {sorted(ARCHITECTURES)}")
     if "widths" in p and (not p["widths"] or not all(_is_number(w) and w > 0 for w in p["widths"])):
         raise ValueError(f"widths must be a non-empty list of numbers > 0, got {p['widths']!r}")
     if "width" in p and not p["width"] > 0:
         raise ValueError(f"width must be > 0, got {p['width']!r}")
-    if (len(p["seeds"]) < 2 or len(set(p["seeds"])) != len(p["seeds"])
-            or any(isinstance(x, bool) or not isinstance(x, int) for x in p["seeds"])):
-        raise ValueError(f"seeds must list at least two distinct ints (a top and a bottom), got {p['seeds']!r}")
+    seeds = p["seeds"]
+    if any(isinstance(x, bool) or not isinstance(x, int) for x in seeds) or len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds must list distinct ints, got {seeds!r}")
+    if len(seeds) < 4 or len(seeds) % 2:
+        raise ValueError(f"seeds must list an even number of seeds, at least 4: consecutive seeds make the (top, "
+                         f"bottom) seed pairs, and an interval needs at least two pairs; got {len(seeds)}: {seeds!r}")
+    validate_confidence(p["confidence"])
     for key in _TRAIN_SIZES + ("test_samples", "stitch_samples", "ls_samples", "cka_samples"):
         if key in p and p[key] <= 0:
             raise ValueError(f"{key} must be > 0, got {p[key]!r}")
@@ -226,6 +252,10 @@ def _validate(p: dict) -> None:
         build_model(arch, seed=0, **options)  # a bad depth or width fails here, before any training
     if p["cka_estimator"] not in ("exact", "minibatch"):
         raise ValueError(f"unknown cka_estimator {p['cka_estimator']!r}; valid: ['exact', 'minibatch']")
+    if p.get("coarse") and p["dataset"] != "cifar10":
+        # Checked on the name, before any data is loaded: the coarse labels are CIFAR-10's superclasses.
+        raise ValueError(f"coarse=True needs CIFAR-10's classes (Animals vs Objects); {p['dataset']!r} "
+                         "has other classes: set coarse=False")
     if "noise" in p:
         if not all(_is_number(q) and 0 <= q <= 1 for q in p["noise"]):
             raise ValueError(f"noise must list label-noise fractions in [0, 1], got {p['noise']!r}")
@@ -305,7 +335,7 @@ def base_model(s: Setup, *, width: float, seed: int, train_split: data_mod.Split
     def evaluate(state_dict):
         model = build()
         model.load_state_dict(state_dict)
-        return error_rate(model, test_split, ds.mean, ds.std, device=s.device)
+        return misclassified(model, test_split, ds.mean, ds.std, device=s.device)
 
     def compute():
         model = build()
@@ -326,20 +356,22 @@ def base_model(s: Setup, *, width: float, seed: int, train_split: data_mod.Split
         kw = dict(seed=seed, device=s.device, frozen=n_frozen, desc=f"{arch} w={width} seed={seed}", progress=progress)
         if known_end is None:
             saved = train_model(model, train_split, ds.mean, ds.std, recipe, checkpoints=tuple(checkpoints), **kw)
-            err = error_rate(model, test_split, ds.mean, ds.std, device=s.device)
+            wrong = misclassified(model, test_split, ds.mean, ds.std, device=s.device)
         else:
             early = tuple(c for c in checkpoints if c < recipe.epochs)
             saved = (train_model(model, train_split, ds.mean, ds.std, recipe, checkpoints=early, until=max(early),
                                  **kw) if early else {})
             saved[recipe.epochs] = known_end["state_dict"]
             model.load_state_dict(known_end["state_dict"])
-            err = known_end["test_error"]
+            wrong = unpack_wrong(known_end["test_wrong"])
         seconds = time.perf_counter() - start
-        record = {"state_dict": {k: v.cpu() for k, v in model.state_dict().items()}, "test_error": err,
-                  "train_seconds": seconds}
+        record = {"state_dict": {k: v.cpu() for k, v in model.state_dict().items()}, "test_error": percent(wrong),
+                  "test_wrong": pack_wrong(wrong), "train_seconds": seconds}
         if checkpoints:
             epochs = sorted(saved)
-            record["curve"] = [[float(e), evaluate(saved[e]) if e != epochs[-1] else err] for e in epochs]
+            wrongs = [evaluate(saved[e]) if e != epochs[-1] else wrong for e in epochs]
+            record["curve"] = [[float(e), percent(w)] for e, w in zip(epochs, wrongs)]
+            record["curve_wrong"] = [pack_wrong(w) for w in wrongs]
             if keep_checkpoints:
                 record["checkpoints"] = {repr(float(e)): saved[e] for e in epochs}
         return record
@@ -349,18 +381,20 @@ def base_model(s: Setup, *, width: float, seed: int, train_split: data_mod.Split
     model.load_state_dict(stored["state_dict"])
     model.to(s.device).eval()
     key = s.store.key("model", config)
-    record = {"key": key, "test_error": stored["test_error"]}
+    record = {"key": key, "test_error": stored["test_error"], "wrong": unpack_wrong(stored["test_wrong"])}
     if checkpoints:
         record["curve"] = [tuple(point) for point in stored["curve"]]
+        record["curve_wrong"] = [unpack_wrong(w) for w in stored["curve_wrong"]]
     if keep_checkpoints:
-        errors = dict(record["curve"])
+        wrongs = {e: w for (e, _), w in zip(record["curve"], record["curve_wrong"])}
         record["checkpoints"] = {}
         for name, state in stored["checkpoints"].items():
             at = build()
             at.load_state_dict(state)
+            w = wrongs[float(name)]
             record["checkpoints"][float(name)] = (at.to(s.device).eval(),
                                                   {"key": f"{key}@epoch{float(name):g}",
-                                                   "test_error": errors[float(name)]})
+                                                   "test_error": percent(w), "wrong": w})
     return model, record
 
 
@@ -392,14 +426,30 @@ def stitch_all_cuts(s: Setup, bottom, bottom_rec, top, top_rec, *, train_split, 
         # Every cut in one pass over the data: the bottom runs once per batch for all of them.
         results = stitch(bottom, top, usable, s.dataset, train=train_split, test=test_split, top_error=top_error,
                          device=s.device, progress=bar is None, **stitch_kw)
-        found = {r.cut.index: (r.error_init, r.error) for r in results}
+        found = {r.cut.index: r for r in results}
         rows = []
         for c in cuts:
-            error_init, error = found.get(c.index, (math.nan, math.nan))
-            rows.append(dict(cut_index=c.index, cut=c.name, error_init=error_init, error=error))
+            r = found.get(c.index)
+            rows.append(dict(cut_index=c.index, cut=c.name, error_init=r.error_init if r else math.nan,
+                             error=r.error if r else math.nan, wrong_init=pack_wrong(r.wrong_init) if r else None,
+                             wrong=pack_wrong(r.wrong) if r else None))
         return {"rows": rows}
 
-    return s.store.cached("stitch", config, compute)["rows"]
+    rows = s.store.cached("stitch", config, compute)["rows"]
+    return [{**row, "wrong_init": unpack_wrong(row["wrong_init"]), "wrong": unpack_wrong(row["wrong"])} for row in rows]
+
+
+def pack_wrong(wrong: torch.Tensor | None):
+    """Per-image correctness as bits (uint8), a few hundred bytes per model and cut in the store."""
+    if wrong is None:
+        return None
+    return {"n": len(wrong), "bits": torch.from_numpy(np.packbits(wrong.numpy().astype(bool)))}
+
+
+def unpack_wrong(packed) -> torch.Tensor | None:
+    if packed is None:
+        return None
+    return torch.from_numpy(np.unpackbits(packed["bits"].numpy(), count=packed["n"]).astype(bool))
 
 
 @torch.no_grad()
@@ -488,21 +538,32 @@ def _compare(s: Setup, bar, specs: dict[str, _Spec], pairs: list[_Pair], *, test
                                        top_error=top_rec["test_error"], bar=bar, **{**stitch_kw, **pair.options})
             bar.update(done + _cuts_of(specs[pair.top]) - bar.n)  # a cached pair advanced nothing
         else:
-            stitched = [dict(cut_index=c.index, cut=c.name, error_init=math.nan, error=math.nan)
-                        for c in cut_points(top)]
+            stitched = [dict(cut_index=c.index, cut=c.name, error_init=math.nan, error=math.nan, wrong_init=None,
+                             wrong=None) for c in cut_points(top)]
         bar.set_postfix_str(f"CKA {label}")
         cka = cka_all_cuts(s, top, top_rec, bottom, bottom_rec, cka_split, p["cka_estimator"])
         bar.update()
-        rows += [_row(pair.columns, row, top_rec["test_error"], bottom_rec.get("test_error", math.nan), c)
-                 for row, c in zip(stitched, cka)]
+        rows += [_row(pair.columns, row, top_rec, bottom_rec, c) for row, c in zip(stitched, cka)]
     return pd.DataFrame(rows), built
 
 
-def _row(columns: dict, cut_row: dict, top_error: float, bottom_error: float, cka: float) -> dict:
-    """One tidy row: what identifies the pair, the cut and its errors, and the penalties
-    (stitched error minus the top's, at initialisation and after training)."""
-    return dict(**columns, **cut_row, top_error=top_error, bottom_error=bottom_error,
-                penalty_init=cut_row["error_init"] - top_error, penalty=cut_row["error"] - top_error, cka=cka)
+def _row(columns: dict, cut_row: dict, top_rec: dict, bottom_rec: dict, cka: float) -> dict:
+    """One tidy row: what identifies the pair (with its seeds), the cut and its errors, and the
+    penalties (stitched error minus the top's, at initialisation and after training). Columns
+    starting with "_" hold per-image correctness (bool tensors) for the intervals; they stay out
+    of the CSVs."""
+    top_error = top_rec["test_error"]
+    cut_row = dict(cut_row)
+    wrong_init, wrong = cut_row.pop("wrong_init"), cut_row.pop("wrong")
+    return dict(**columns, **cut_row, top_error=top_error, bottom_error=bottom_rec.get("test_error", math.nan),
+                penalty_init=cut_row["error_init"] - top_error, penalty=cut_row["error"] - top_error, cka=cka,
+                _wrong_top=top_rec.get("wrong"), _wrong_bottom=bottom_rec.get("wrong"), _wrong_init=wrong_init,
+                _wrong=wrong)
+
+
+def _pair_columns(index: int, seed_top: int, seed_bottom: int) -> dict:
+    """The columns that say which seed pair a row belongs to, and the seeds of its two models."""
+    return dict(pair_index=index, seed_top=seed_top, seed_bottom=seed_bottom)
 
 
 def _splits(s: Setup):
@@ -565,28 +626,29 @@ class _Family:
     options: dict
     epochs: float
     panel: str
+    # (top's, bottom's) training split for each seed pair
     train_splits: list
     with_random: bool = True
 
 
 def _families(s: Setup, train_split) -> list[_Family]:
     p = s.params
-    out = [_Family("ResNet-18", p["arch"], w, {}, p["epochs"], "seeds", [train_split] * len(p["seeds"]))
-           for w in p["widths"]]
+    same = [(train_split, train_split)] * len(seed_pairs(p))
+    out = [_Family("ResNet-18", p["arch"], w, {}, p["epochs"], "seeds", same) for w in p["widths"]]
     for arch, opts in p["architectures"].items():
         opts = dict(opts)
         width, epochs = opts.pop("width", 1.0), opts.pop("epochs", p["epochs"])
-        out.append(_Family(family_name(arch, opts), arch, width, opts, epochs, "seeds",
-                           [train_split] * len(p["seeds"])))
+        out.append(_Family(family_name(arch, opts), arch, width, opts, epochs, "seeds", same))
     if p["disjoint"]:
         # Section 4: "a similar result holds for networks trained on disjoint train sets".
         # The paper's recipe is a number of SGD steps, so each half gets as many steps as the
-        # full subset does: twice the epochs.
-        halves = data_mod.disjoint_subsets(train_split, [len(train_split) // 2] * 2, seed=3)
+        # full subset does: twice the epochs. Each seed pair draws its own halves.
+        halves = [tuple(data_mod.disjoint_subsets(train_split, [len(train_split) // 2] * 2, seed=3 + i))
+                  for i in range(len(seed_pairs(p)))]
         width = p["widths"][len(p["widths"]) // 2]
-        epochs = p["epochs"] * len(train_split) / len(halves[0])
-        out.append(_Family("ResNet-18, disjoint halves", p["arch"], width, {}, epochs, "disjoint",
-                           [halves[i % 2] for i in range(len(p["seeds"]))], with_random=False))
+        epochs = p["epochs"] * len(train_split) / len(halves[0][0])
+        out.append(_Family("ResNet-18, disjoint halves", p["arch"], width, {}, epochs, "disjoint", halves,
+                           with_random=False))
     return out
 
 
@@ -595,32 +657,36 @@ def connectivity(s: Setup) -> Results:
     architectures in `architectures`, and (if `disjoint`) two ResNet-18s trained on disjoint
     halves of the training subset.
 
-    In each panel seed[0] is the top A; each other seed (and, except for the disjoint panel, a
-    freshly built random network) is stitched into it at every cut point, and CKA(A, bottom) is
-    computed at every cut. Returns one tidy row per (panel, bottom, cut).
+    In each panel and seed pair, the top seed is A; the bottom seed (and, except for the disjoint
+    panel, a freshly built random network of seed random_seed + pair index) is stitched into it
+    at every cut point, and CKA(A, bottom) is computed at every cut. Returns one tidy row per
+    (panel, seed pair, bottom, cut).
     """
     p = s.params
     train_split, test_split, cka_split, _ = _splits(s)
     specs, pairs, model_rows = {}, [], []
     for f in _families(s, train_split):
         recipe = dataclasses.replace(RECIPES[f.arch], epochs=float(f.epochs))
-        names = []
-        for seed, split in zip(p["seeds"], f.train_splits):
-            names.append(f"{f.family} w={f.width:g} seed {seed}")
-            specs[names[-1]] = _Spec(functools.partial(
-                base_model, s, arch=f.arch, width=f.width, seed=seed, options=f.options, train_split=split,
-                test_split=test_split, recipe=recipe, progress=False), f.arch, f.width, f.options)
-            model_rows.append(dict(family=f.family, width=f.width, seed=seed, model=names[-1]))
-        bottoms = [(f"seed {seed}", name) for seed, name in zip(p["seeds"][1:], names[1:])]
-        if f.with_random:
-            bottoms.append(("random", f"{f.family} w={f.width:g} random"))
-            specs[bottoms[-1][1]] = _Spec(functools.partial(
-                random_model, s, arch=f.arch, width=f.width, seed=p["random_seed"], options=f.options,
-                num_classes=train_split.num_classes), f.arch, f.width, f.options)
-        for label, name in bottoms:
-            columns = dict(family=f.family, arch=f.arch, width=f.width, panel=f.panel,
-                           bottom="random" if label == "random" else "trained", pair=label)
-            pairs.append(_Pair(names[0], name, columns, _stitch_split(s, f.train_splits[0])))
+        for i, (seeds, splits) in enumerate(zip(seed_pairs(p), f.train_splits)):
+            names = []
+            for seed, split in zip(seeds, splits):
+                names.append(f"{f.family} w={f.width:g} seed {seed}")
+                specs[names[-1]] = _Spec(functools.partial(
+                    base_model, s, arch=f.arch, width=f.width, seed=seed, options=f.options, train_split=split,
+                    test_split=test_split, recipe=recipe, progress=False), f.arch, f.width, f.options)
+                model_rows.append(dict(family=f.family, width=f.width, seed=seed, model=names[-1]))
+            bottoms = [("another seed", names[1], seeds[1])]
+            if f.with_random:
+                random_seed = p["random_seed"] + i
+                bottoms.append(("random", f"{f.family} w={f.width:g} random {random_seed}", random_seed))
+                specs[bottoms[-1][1]] = _Spec(functools.partial(
+                    random_model, s, arch=f.arch, width=f.width, seed=random_seed, options=f.options,
+                    num_classes=train_split.num_classes), f.arch, f.width, f.options)
+            for label, name, seed in bottoms:
+                columns = dict(family=f.family, arch=f.arch, width=f.width, panel=f.panel,
+                               bottom="random" if label == "random" else "trained", pair=label,
+                               **_pair_columns(i, seeds[0], seed))
+                pairs.append(_Pair(names[0], name, columns, _stitch_split(s, splits[0])))
     # One bar for the whole experiment, advanced per base model, per stitched cut and per CKA pair;
     # the inner loops stay quiet so a notebook shows a single line of progress.
     with tqdm(total=_units(specs, pairs), desc="connectivity") as bar:
@@ -636,10 +702,11 @@ def connectivity(s: Setup) -> Results:
 def ssl_vs_e2e(s: Setup) -> Results:
     """Fig. 6 (CIFAR-10) and Fig. 2B (ImageNet, when its data and weights are given).
 
-    CIFAR-10: an end-to-end supervised ResNet-18 (E2E, seed[0]: 01's top) and a self-supervised
-    one (SSS, seed[1]): SimCLR for `simclr_epochs`, then a linear classifier on its frozen
-    features for `probe_epochs`. Each is stitched into the other at every cut, beside the
-    supervised seed pair (01's), with CKA for the same pairs.
+    CIFAR-10, for each seed pair: an end-to-end supervised ResNet-18 (E2E, the top seed: 01's
+    top) and a self-supervised one (SSS, a seed of its own derived from the bottom seed):
+    SimCLR for `simclr_epochs`, then a linear classifier on its frozen features for
+    `probe_epochs`. Each is stitched into the other at every cut, beside the supervised seed
+    pair (01's), with CKA for the same pairs.
 
     ImageNet: each of `imagenet_weights` (self-supervised ResNet-50s) stitched into torchvision's
     supervised ResNet-50 at every cut, on `imagenet_samples` validation images from the folder
@@ -649,15 +716,21 @@ def ssl_vs_e2e(s: Setup) -> Results:
     p = s.params
     train_split, test_split, cka_split, stitch_split = _splits(s)
     recipe = dataclasses.replace(RECIPES[p["arch"]], epochs=float(p["epochs"]))
-    top_seed, seed = p["seeds"][:2]
-    e2e, e2e_b, sss = f"E2E seed {top_seed}", f"E2E seed {seed}", f"SSS seed {seed}"
     kw = dict(width=p["width"], train_split=train_split, test_split=test_split)
-    specs = {e2e: _resnet(s, seed=top_seed, recipe=recipe, **kw), e2e_b: _resnet(s, seed=seed, recipe=recipe, **kw),
-             sss: _resnet(s, seed=seed, recipe=dataclasses.replace(recipe, epochs=float(p["probe_epochs"])),
-                          simclr_epochs=p["simclr_epochs"], **kw)}
-    pairs = [_Pair(e2e, e2e_b, dict(panel="CIFAR-10", pair="two supervised seeds", direction="E2E into E2E")),
-             _Pair(e2e, sss, dict(panel="CIFAR-10", pair="SSS bottom into E2E top", direction="SSS into E2E")),
-             _Pair(sss, e2e, dict(panel="CIFAR-10", pair="E2E bottom into SSS top", direction="E2E into SSS"))]
+    specs, pairs = {}, []
+    for i, (top_seed, seed) in enumerate(seed_pairs(p)):
+        sss_seed = derived_seed(seed, "sss")
+        e2e, e2e_b, sss = f"E2E seed {top_seed}", f"E2E seed {seed}", f"SSS seed {sss_seed}"
+        specs[e2e] = _resnet(s, seed=top_seed, recipe=recipe, **kw)
+        specs[e2e_b] = _resnet(s, seed=seed, recipe=recipe, **kw)
+        specs[sss] = _resnet(s, seed=sss_seed, recipe=dataclasses.replace(recipe, epochs=float(p["probe_epochs"])),
+                             simclr_epochs=p["simclr_epochs"], **kw)
+        pairs += [_Pair(e2e, e2e_b, dict(panel="CIFAR-10", pair="two supervised seeds", direction="E2E into E2E",
+                                         **_pair_columns(i, top_seed, seed))),
+                  _Pair(e2e, sss, dict(panel="CIFAR-10", pair="SSS bottom into E2E top", direction="SSS into E2E",
+                                       **_pair_columns(i, top_seed, sss_seed))),
+                  _Pair(sss, e2e, dict(panel="CIFAR-10", pair="E2E bottom into SSS top", direction="E2E into SSS",
+                                       **_pair_columns(i, sss_seed, top_seed)))]
     with tqdm(total=_units(specs, pairs), desc="ssl vs e2e") as bar:
         table, built = _compare(s, bar, specs, pairs, test_split=test_split, cka_split=cka_split,
                                 stitch_split=stitch_split)
@@ -690,7 +763,8 @@ def _imagenet_panel(s: Setup, notes: list) -> pd.DataFrame | None:
         raise ValueError(f"the supervised ResNet-50 at {info['path']} has no classifier (fc): it cannot be the top")
     top = top.to(s.device)
     recs = {name: {"key": f"imagenet:{name}:{info['sha256'][:16]}"} for name, (_, info) in nets.items()}
-    recs["supervised"]["test_error"] = error_rate(top, data.test, data.mean, data.std, device=s.device)
+    recs["supervised"]["wrong"] = misclassified(top, data.test, data.mean, data.std, device=s.device)
+    recs["supervised"]["test_error"] = percent(recs["supervised"]["wrong"])
     stitch_kw = dict(epochs=float(p["stitch_epochs"]), lr=p["stitch_lr"], ls_samples=min(p["ls_samples"],
                                                                                           len(data.train)))
     rows = []
@@ -700,8 +774,10 @@ def _imagenet_panel(s: Setup, notes: list) -> pd.DataFrame | None:
                                    test_split=data.test, label=f"{name} into supervised",
                                    top_error=recs["supervised"]["test_error"], **stitch_kw)
         cka = cka_all_cuts(img, top, recs["supervised"], bottom, recs[name], data.test, p["cka_estimator"])
-        columns = dict(panel="ImageNet", pair=f"{name} bottom into supervised top", direction=f"{name} into E2E")
-        rows += [_row(columns, row, recs["supervised"]["test_error"], math.nan, c) for row, c in zip(stitched, cka)]
+        # One pretrained network of each kind: no seed pairs, hence no interval (pair_index 0).
+        columns = dict(panel="ImageNet", pair=f"{name} bottom into supervised top", direction=f"{name} into E2E",
+                       **_pair_columns(0, -1, -1))
+        rows += [_row(columns, row, recs["supervised"], {}, c) for row, c in zip(stitched, cka)]
     return pd.DataFrame(rows)
 
 
@@ -712,28 +788,32 @@ def label_noise(s: Setup) -> Results:
     CIFAR-10 labels at every cut, with CKA(top, bottom) at the same cuts.
 
     The weak bottoms: the coarse Animals-vs-Objects task (if `coarse`) and each label-noise
-    fraction in `noise`. Each weak bottom has seed[1], the seed of the clean reference bottom, and
-    trains on the same images in the same order: only the labels differ. The coarse model's own
-    error is measured on coarse test labels.
+    fraction in `noise`. For each seed pair, the clean top has the top seed and the clean
+    reference bottom the bottom seed (01's pair); each weak bottom has a seed of its own (derived
+    from the bottom seed and its labels), so that it shares neither initialisation nor data
+    order with the reference it is judged against, and trains on the same images. The coarse
+    model's own error is measured on coarse test labels.
     """
     p = s.params
     train_split, test_split, cka_split, stitch_split = _splits(s)
     recipe = dataclasses.replace(RECIPES[p["arch"]], epochs=float(p["epochs"]))
-    top_seed, seed = p["seeds"][:2]
     kw = dict(width=p["width"], test_split=test_split, recipe=recipe)
-    specs = {"clean labels, seed {}".format(top_seed): _resnet(s, seed=top_seed, train_split=train_split, **kw)}
-    weak = [("clean labels", "clean", 0.0, train_split, test_split)]
-    if p["coarse"]:
-        weak.append(("objects vs animals", "coarse", math.nan, data_mod.coarse_labels(train_split),
-                     data_mod.coarse_labels(test_split)))
-    weak += [(f"{q:.0%} label noise", "noise", float(q), data_mod.with_label_noise(train_split, q, seed=4),
-              test_split) for q in p["noise"]]
-    pairs = []
-    top = next(iter(specs))
-    for label, labels, noise, train, test in weak:
-        name = f"{label}, seed {seed}"
-        specs[name] = _resnet(s, seed=seed, train_split=train, **{**kw, "test_split": test})
-        pairs.append(_Pair(top, name, dict(panel="label distribution", pair=label, labels=labels, noise=noise)))
+    specs, pairs = {}, []
+    for i, (top_seed, seed) in enumerate(seed_pairs(p)):
+        top = f"clean labels, seed {top_seed}"
+        specs[top] = _resnet(s, seed=top_seed, train_split=train_split, **kw)
+        weak = [("clean labels", "clean", 0.0, train_split, test_split, seed)]
+        if p["coarse"]:
+            weak.append(("objects vs animals", "coarse", math.nan, data_mod.coarse_labels(train_split),
+                         data_mod.coarse_labels(test_split), derived_seed(seed, "coarse")))
+        weak += [(f"{q:.0%} label noise", "noise", float(q),
+                  data_mod.with_label_noise(train_split, q, seed=derived_seed(seed, f"noise {q:g} labels")),
+                  test_split, derived_seed(seed, f"noise {q:g}")) for q in p["noise"]]
+        for label, labels, noise, train, test, own_seed in weak:
+            name = f"{label}, seed {own_seed}"
+            specs[name] = _resnet(s, seed=own_seed, train_split=train, **{**kw, "test_split": test})
+            pairs.append(_Pair(top, name, dict(panel="label distribution", pair=label, labels=labels, noise=noise,
+                                               **_pair_columns(i, top_seed, own_seed))))
     with tqdm(total=_units(specs, pairs), desc="label noise") as bar:
         table, built = _compare(s, bar, specs, pairs, test_split=test_split, cka_split=cka_split,
                                 stitch_split=stitch_split)
@@ -769,71 +849,81 @@ def _near_zero_prefix(table: pd.DataFrame, limit: float) -> int:
 def more_is_better(s: Setup) -> Results:
     """Section 6 and Appendix B.2.3 / B.4: more samples (Fig. 2C), more training time (Fig. 3B)
     and more width (Fig. 3C) plug in and help; CKA for each (Fig. 7); freeze training (Fig. 9).
+    Every panel runs for each seed pair (top seed, bottom seed):
 
-    - samples: bottoms (seed[1]) trained on fewer_samples, top_samples and `samples` images,
-      stitched into a top (seed[0]) trained on top_samples; every one takes the same number of
+    - samples: bottoms (bottom seed) trained on fewer_samples, top_samples and `samples` images,
+      stitched into a top (top seed) trained on top_samples; every one takes the same number of
       SGD steps. CKA also between the fewer- and more-samples models.
-    - training time: one run of `epochs`, checkpointed at `checkpoint_epochs`, each checkpoint
-      stitched into the `top_epoch` checkpoint.
+    - training time: one run of `epochs` (top seed), checkpointed at `checkpoint_epochs`, each
+      checkpoint stitched into the `top_epoch` checkpoint of the same run, as in the paper.
     - width: bottoms of each width in `widths` into the `width` top, and the `width` bottom into
       tops of each width (the reverse direction). CKA also between the narrowest and widest.
-    - freeze training: the longest prefix of stages whose penalty, as the fewer-samples bottom,
-      is <= freeze_max_penalty at every cut, copied from that model and frozen while the rest
-      trains from scratch on the whole training split; beside a model trained normally on it,
-      for the same number of steps. Test error at 8 points of each run.
+    - freeze training: the longest prefix of stages whose mean penalty over the seed pairs, as
+      the fewer-samples bottom, is <= freeze_max_penalty at every cut. For each pair, that prefix
+      of the pair's fewer-samples model is copied and frozen while the rest trains from scratch
+      (top seed) on the whole training split, beside a model trained normally on it for the same
+      number of steps. Test error at 8 points of each run.
     """
     p, ds = s.params, s.dataset
     train_split, test_split, cka_split, stitch_split = _splits(s)
     base = dataclasses.replace(RECIPES[p["arch"]], epochs=float(p["epochs"]))
-    top_seed, seed = p["seeds"][:2]
     kw = dict(test_split=test_split)
     specs, pairs = {}, []
-
     # Samples (Fig. 2C): nested subsets, so the larger sets contain the smaller ones.
     sized = {n: data_mod.subset(ds.train, n, seed=0) for n in (p["fewer_samples"], p["top_samples"], p["samples"])}
-    top = f"{p['top_samples']:,} samples, seed {top_seed}"
-    specs[top] = _resnet(s, width=p["width"], seed=top_seed, train_split=sized[p["top_samples"]],
-                         recipe=_equal_steps(s, base, p["top_samples"]), **kw)
-    for n, split in sized.items():
-        name = f"{n:,} samples, seed {seed}"
-        specs[name] = _resnet(s, width=p["width"], seed=seed, train_split=split, recipe=_equal_steps(s, base, n), **kw)
-        pairs.append(_Pair(top, name, dict(panel="samples", pair=f"{n:,} samples", value=float(n)),
-                           _stitch_split(s, sized[p["top_samples"]])))
-    fewer, more = (f"{n:,} samples, seed {seed}" for n in (p["fewer_samples"], p["samples"]))
-    pairs.append(_Pair(fewer, more, dict(panel="samples", pair=f"{p['fewer_samples']:,} vs {p['samples']:,} "
-                                         "samples (CKA only)", value=math.nan), stitch=False))
-
-    # Training time (Fig. 3B): checkpoints of one run.
     epochs = sorted({float(e) for e in p["checkpoint_epochs"]} | {float(p["top_epoch"])})
-    run = functools.cache(lambda: base_model(s, width=p["width"], seed=top_seed, train_split=train_split,
-                                             recipe=base, checkpoints=tuple(epochs), keep_checkpoints=True,
-                                             progress=False, **kw)[1]["checkpoints"])
-    for e in epochs:
-        specs[f"epoch {e:g}"] = _Spec(functools.partial(lambda e: run()[e], e), p["arch"], p["width"])
-    for e in sorted(float(e) for e in p["checkpoint_epochs"]):
-        pairs.append(_Pair(f"epoch {p['top_epoch']:g}", f"epoch {e:g}",
-                           dict(panel="training time", pair=f"epoch {e:g}", value=e)))
+    one = p["width"]
+    lo, hi = min(p["widths"]), max(p["widths"])
 
-    # Width (Fig. 3C), both directions.
     def at_width(w, seed_):
         name = f"width {w:g}, seed {seed_}"
         specs[name] = _resnet(s, width=w, seed=seed_, train_split=train_split, recipe=base, **kw)
         return name
 
-    one = p["width"]
-    for w in p["widths"]:
-        pairs.append(_Pair(at_width(one, top_seed), at_width(w, seed),
-                           dict(panel=f"width: bottoms into the {one:g} top", pair=f"width {w:g}", value=float(w))))
-    for w in p["widths"]:
-        if w != one:
-            pairs.append(_Pair(at_width(w, top_seed), at_width(one, seed),
-                               dict(panel=f"width: the {one:g} bottom into tops", pair=f"width {w:g}",
-                                    value=float(w))))
-    lo, hi = min(p["widths"]), max(p["widths"])
-    if lo != hi:
-        pairs.append(_Pair(at_width(lo, top_seed), at_width(hi, seed),
-                           dict(panel="width", pair=f"width {lo:g} vs {hi:g} (CKA only)", value=math.nan),
-                           stitch=False))
+    fewer = {}
+    for i, (top_seed, seed) in enumerate(seed_pairs(p)):
+        cols = _pair_columns(i, top_seed, seed)
+        top = f"{p['top_samples']:,} samples, seed {top_seed}"
+        specs[top] = _resnet(s, width=p["width"], seed=top_seed, train_split=sized[p["top_samples"]],
+                             recipe=_equal_steps(s, base, p["top_samples"]), **kw)
+        for n, split in sized.items():
+            name = f"{n:,} samples, seed {seed}"
+            specs[name] = _resnet(s, width=p["width"], seed=seed, train_split=split, recipe=_equal_steps(s, base, n),
+                                  **kw)
+            pairs.append(_Pair(top, name, dict(panel="samples", pair=f"{n:,} samples", value=float(n), **cols),
+                               _stitch_split(s, sized[p["top_samples"]])))
+        fewer[i] = f"{p['fewer_samples']:,} samples, seed {seed}"
+        pairs.append(_Pair(fewer[i], f"{p['samples']:,} samples, seed {seed}",
+                           dict(panel="samples", pair=f"{p['fewer_samples']:,} vs {p['samples']:,} samples (CKA only)",
+                                value=math.nan, **_pair_columns(i, seed, seed)), stitch=False))
+
+        # Training time (Fig. 3B): checkpoints of one run.
+        run = functools.cache(functools.partial(
+            lambda seed_: base_model(s, width=p["width"], seed=seed_, train_split=train_split, recipe=base,
+                                     checkpoints=tuple(epochs), keep_checkpoints=True, progress=False,
+                                     **kw)[1]["checkpoints"], top_seed))
+        for e in epochs:
+            specs[f"epoch {e:g}, seed {top_seed}"] = _Spec(functools.partial(lambda r, e: r()[e], run, e), p["arch"],
+                                                           p["width"])
+        for e in sorted(float(e) for e in p["checkpoint_epochs"]):
+            pairs.append(_Pair(f"epoch {p['top_epoch']:g}, seed {top_seed}", f"epoch {e:g}, seed {top_seed}",
+                               dict(panel="training time", pair=f"epoch {e:g}", value=e,
+                                    **_pair_columns(i, top_seed, top_seed))))
+
+        # Width (Fig. 3C), both directions.
+        for w in p["widths"]:
+            pairs.append(_Pair(at_width(one, top_seed), at_width(w, seed),
+                               dict(panel=f"width: bottoms into the {one:g} top", pair=f"width {w:g}", value=float(w),
+                                    **cols)))
+        for w in p["widths"]:
+            if w != one:
+                pairs.append(_Pair(at_width(w, top_seed), at_width(one, seed),
+                                   dict(panel=f"width: the {one:g} bottom into tops", pair=f"width {w:g}",
+                                        value=float(w), **cols)))
+        if lo != hi:
+            pairs.append(_Pair(at_width(lo, top_seed), at_width(hi, seed),
+                               dict(panel="width", pair=f"width {lo:g} vs {hi:g} (CKA only)", value=math.nan, **cols),
+                               stitch=False))
 
     everything = data_mod.subset(ds.train, len(ds.train), seed=0)
     freeze_recipe = _equal_steps(s, base, len(everything))
@@ -841,24 +931,29 @@ def more_is_better(s: Setup) -> Results:
     total = freeze_recipe.steps or math.ceil(freeze_recipe.epochs * per_epoch)
     # Test error at 8 evenly spaced steps (fewer if the run is shorter), the last one the end.
     curve = [step / per_epoch for step in sorted({max(1, round(total * k / 8)) for k in range(1, 8)} - {total})]
-    with tqdm(total=_units(specs, pairs) + 2, desc="more is better") as bar:
+    n_pairs = len(seed_pairs(p))
+    with tqdm(total=_units(specs, pairs) + 2 * n_pairs, desc="more is better") as bar:
         table, built = _compare(s, bar, specs, pairs, test_split=test_split, cka_split=cka_split,
                                 stitch_split=stitch_split)
-        # Freeze training (Fig. 9, Appendix B.4).
+        # Freeze training (Fig. 9, Appendix B.4): one prefix for every pair, from their mean penalties.
         fewer_rows = table[(table["panel"] == "samples") & (table["value"] == p["fewer_samples"])]
-        n_frozen = _near_zero_prefix(fewer_rows, p["freeze_max_penalty"])
-        runs = {"normal training": None}
-        if n_frozen:
-            runs[f"stages up to {fewer_rows.sort_values('cut_index')['cut'].iloc[n_frozen - 1]} frozen from the "
-                 f"{p['fewer_samples']:,}-sample model"] = (*built[fewer], n_frozen)
+        mean_rows = fewer_rows.groupby(["cut_index", "cut"], as_index=False)["penalty"].mean()
+        n_frozen = _near_zero_prefix(mean_rows, p["freeze_max_penalty"])
         curves = []
-        for label, frozen in runs.items():
-            bar.set_postfix_str(f"freeze training: {label}")
-            _, rec = base_model(s, width=p["width"], seed=top_seed, train_split=everything, recipe=freeze_recipe,
-                                checkpoints=tuple(curve), frozen=frozen, progress=False, **kw)
-            curves += [dict(run=label, frozen_stages=frozen[2] if frozen else 0, epoch=e,
-                            step=round(e * per_epoch), test_error=err) for e, err in rec["curve"]]
-            bar.update()
+        for i, (top_seed, seed) in enumerate(seed_pairs(p)):
+            runs = {"normal training": None}
+            if n_frozen:
+                runs[f"stages up to {mean_rows.sort_values('cut_index')['cut'].iloc[n_frozen - 1]} frozen from the "
+                     f"{p['fewer_samples']:,}-sample model"] = (*built[fewer[i]], n_frozen)
+            for label, frozen in runs.items():
+                bar.set_postfix_str(f"freeze training: {label}, pair {i}")
+                _, rec = base_model(s, width=p["width"], seed=top_seed, train_split=everything, recipe=freeze_recipe,
+                                    checkpoints=tuple(curve), frozen=frozen, progress=False, **kw)
+                curves += [dict(run=label, frozen_stages=frozen[2] if frozen else 0, epoch=e,
+                                step=round(e * per_epoch), test_error=err, _wrong=w,
+                                **_pair_columns(i, top_seed, seed if frozen else top_seed))
+                           for (e, err), w in zip(rec["curve"], rec["curve_wrong"])]
+                bar.update()
         bar.update(bar.total - bar.n)
     curves = pd.DataFrame(curves)
     write_csv(table, s.figures / "04_more_is_better.csv")
@@ -869,7 +964,7 @@ def more_is_better(s: Setup) -> Results:
 # ---------------------------------------------------------------- 05: ablations
 
 def ablations(s: Setup, others: dict[str, Setup] | None = None) -> Results:
-    """Appendix B.1 and B.3, what the paper could not show, and Table 1.
+    """Appendix B.1 and B.3, what the paper could not show, and Table 1. For each seed pair:
 
     - kernel size (Fig. 4): the seed pair stitched with a k x k stitcher for each k in
       `kernel_sizes`, trained at `stitch_lr` / k (the pooled-vector cut only takes k = 1);
@@ -877,56 +972,66 @@ def ablations(s: Setup, others: dict[str, Setup] | None = None) -> Results:
       of the original code (`bn_policy="drift"`);
     - initialisation: least squares (the default) against random, each with its penalty at
       initialisation (direct matching) and after training;
-    - fine-tuning vs stitching (Fig. 8): a trained top of the ResNet-164 family (`finetune_arch`)
-      and a random bottom. Stitching trains only the stitcher; fine-tuning keeps the random bottom
-      up to the cut frozen and trains freshly initialised top layers for `finetune_epochs`.
+    - fine-tuning vs stitching (Fig. 8): a trained top of the ResNet-164 family (`finetune_arch`,
+      the top seed) and a random bottom (random_seed + pair index). Stitching trains only the
+      stitcher; fine-tuning keeps the random bottom up to the cut frozen and trains freshly
+      initialised top layers (a seed of their own) for `finetune_epochs`.
     - Table 1, from the stored results of 01, 03 and 04 (`results.overview`; see `paper_table`).
     """
     p = s.params
     train_split, test_split, cka_split, stitch_split = _splits(s)
     recipe = dataclasses.replace(RECIPES[p["arch"]], epochs=float(p["epochs"]))
-    top_seed, seed = p["seeds"][:2]
-    top, bottom = f"ResNet-18 seed {top_seed}", f"ResNet-18 seed {seed}"
-    specs = {name: _resnet(s, width=p["width"], seed=sd, train_split=train_split, test_split=test_split,
-                           recipe=recipe) for name, sd in ((top, top_seed), (bottom, seed))}
-    # A k x k stitcher trains at lr / k: an Adam step moves every weight by about lr, so its output
-    # moves about k times as far as a 1 x 1's (k^2 times the fan-in, random-walk scaling). With
-    # the same lr, a short run would compare step sizes rather than what the kernels can express.
-    pairs = [_Pair(top, bottom, dict(panel="kernel size", pair=f"k = {k}", value=float(k)),
-                   options={} if k == 1 else {"kernel_size": k, "lr": p["stitch_lr"] / k}) for k in p["kernel_sizes"]]
-    pairs += [_Pair(top, bottom, dict(panel="BatchNorm policy", pair=label, value=math.nan), options=options)
-              for label, options in (("frozen: eval mode (default)", {}),
-                                     ("drift: train mode, as the original code", {"bn_policy": "drift"}))]
-    pairs += [_Pair(top, bottom, dict(panel="initialisation", pair=label, value=math.nan), options=options)
-              for label, options in (("least squares (default)", {}), ("random", {"init": "random"}))]
     ft = dict(p["finetune_arch"])
     ft_width, family = ft.pop("width", 1.0), family_name("preact_resnet", p["finetune_arch"])
-    ft_top, ft_random = f"{family} seed {top_seed}", f"{family} random"
-    specs[ft_top] = _Spec(functools.partial(
-        base_model, s, arch="preact_resnet", width=ft_width, seed=top_seed, options=ft, train_split=train_split,
-        test_split=test_split, recipe=dataclasses.replace(RECIPES["preact_resnet"], epochs=float(p["epochs"])),
-        progress=False), "preact_resnet", ft_width, ft)
-    specs[ft_random] = _Spec(functools.partial(
-        random_model, s, arch="preact_resnet", width=ft_width, seed=p["random_seed"], options=ft,
-        num_classes=train_split.num_classes), "preact_resnet", ft_width, ft)
-    pairs.append(_Pair(ft_top, ft_random, dict(panel="fine-tuning vs stitching", pair="stitching", value=math.nan)))
-    n_ft = _cuts_of(specs[ft_top])
+    specs, pairs, finetunes = {}, [], []
+    for i, (top_seed, seed) in enumerate(seed_pairs(p)):
+        cols = _pair_columns(i, top_seed, seed)
+        top, bottom = f"ResNet-18 seed {top_seed}", f"ResNet-18 seed {seed}"
+        for name, sd in ((top, top_seed), (bottom, seed)):
+            specs[name] = _resnet(s, width=p["width"], seed=sd, train_split=train_split, test_split=test_split,
+                                  recipe=recipe)
+        # A k x k stitcher trains at lr / k: an Adam step moves every weight by about lr, so its output
+        # moves about k times as far as a 1 x 1's (k^2 times the fan-in, random-walk scaling). With
+        # the same lr, a short run would compare step sizes rather than what the kernels can express.
+        pairs += [_Pair(top, bottom, dict(panel="kernel size", pair=f"k = {k}", value=float(k), **cols),
+                        options={} if k == 1 else {"kernel_size": k, "lr": p["stitch_lr"] / k})
+                  for k in p["kernel_sizes"]]
+        pairs += [_Pair(top, bottom, dict(panel="BatchNorm policy", pair=label, value=math.nan, **cols),
+                        options=options)
+                  for label, options in (("frozen: eval mode (default)", {}),
+                                         ("drift: train mode, as the original code", {"bn_policy": "drift"}))]
+        pairs += [_Pair(top, bottom, dict(panel="initialisation", pair=label, value=math.nan, **cols), options=options)
+                  for label, options in (("least squares (default)", {}), ("random", {"init": "random"}))]
+        random_seed = p["random_seed"] + i
+        ft_top, ft_random = f"{family} seed {top_seed}", f"{family} random {random_seed}"
+        specs[ft_top] = _Spec(functools.partial(
+            base_model, s, arch="preact_resnet", width=ft_width, seed=top_seed, options=ft, train_split=train_split,
+            test_split=test_split, recipe=dataclasses.replace(RECIPES["preact_resnet"], epochs=float(p["epochs"])),
+            progress=False), "preact_resnet", ft_width, ft)
+        specs[ft_random] = _Spec(functools.partial(
+            random_model, s, arch="preact_resnet", width=ft_width, seed=random_seed, options=ft,
+            num_classes=train_split.num_classes), "preact_resnet", ft_width, ft)
+        ft_cols = dict(panel="fine-tuning vs stitching", value=math.nan, **_pair_columns(i, top_seed, random_seed))
+        pairs.append(_Pair(ft_top, ft_random, dict(pair="stitching", **ft_cols)))
+        finetunes.append((ft_top, ft_random, random_seed, ft_cols))
+    n_ft = sum(_cuts_of(specs[top]) for top, *_ in finetunes)
     with tqdm(total=_units(specs, pairs) + n_ft, desc="ablations") as bar:
         table, built = _compare(s, bar, specs, pairs, test_split=test_split, cka_split=cka_split,
                                 stitch_split=stitch_split)
-        (top_model, top_rec), (random_net, random_rec) = built[ft_top], built[ft_random]
         ft_recipe = dataclasses.replace(RECIPES["preact_resnet"], epochs=float(p["finetune_epochs"]))
         rows = []
-        for cut in cut_points(top_model):
-            bar.set_postfix_str(f"fine-tune {family} above {cut.name}")
-            # Seed random_seed + 1: the top layers start fresh, not from the random network's own.
-            _, rec = base_model(s, arch="preact_resnet", width=ft_width, seed=p["random_seed"] + 1, options=ft,
-                                train_split=train_split, test_split=test_split, recipe=ft_recipe,
-                                frozen=(random_net, random_rec, cut.index + 1), progress=False)
-            rows.append(_row(dict(panel="fine-tuning vs stitching", pair="fine-tuning", value=math.nan),
-                             dict(cut_index=cut.index, cut=cut.name, error_init=math.nan, error=rec["test_error"]),
-                             top_rec["test_error"], math.nan, math.nan))
-            bar.update()
+        for ft_top, ft_random, random_seed, ft_cols in finetunes:
+            (top_model, top_rec), (random_net, random_rec) = built[ft_top], built[ft_random]
+            for cut in cut_points(top_model):
+                bar.set_postfix_str(f"fine-tune {family} above {cut.name}")
+                # The top layers start fresh, from a seed of their own, not from the random network's.
+                _, rec = base_model(s, arch="preact_resnet", width=ft_width, seed=derived_seed(random_seed, "fine-tune"),
+                                    options=ft, train_split=train_split, test_split=test_split, recipe=ft_recipe,
+                                    frozen=(random_net, random_rec, cut.index + 1), progress=False)
+                rows.append(_row(dict(pair="fine-tuning", **ft_cols),
+                                 dict(cut_index=cut.index, cut=cut.name, error_init=math.nan, error=rec["test_error"],
+                                      wrong_init=None, wrong=rec["wrong"]), top_rec, {}, math.nan))
+                bar.update()
     table = pd.concat([table, pd.DataFrame(rows)], ignore_index=True)
     write_csv(table, s.figures / "05_ablations.csv")
     overview = paper_table(s, others)
@@ -990,6 +1095,7 @@ def write_csv(frame: pd.DataFrame, path: Path) -> Path:
     """Atomically (temp file + rename), so a crash never leaves half a table behind."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
+    frame = frame[[c for c in frame.columns if not str(c).startswith("_")]]
     frame.to_csv(tmp, index=False, float_format="%.4f")
     os.replace(tmp, path)
     return path

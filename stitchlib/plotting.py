@@ -11,6 +11,8 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
 
+from .paper import paper_value
+
 __all__ = ["plot", "save_figure"]
 
 _FIXED_METADATA = {
@@ -59,21 +61,38 @@ def _cut_axis(ax, table: pd.DataFrame) -> None:
 _ROWS = {"penalty": ("after training", "stitching penalty (points)"),
          "penalty_init": ("at least-squares init", "stitching penalty (points)"),
          "cka": ("", "linear CKA(top, bottom)")}
+_DASHES = ["-", "--", ":", "-."]
 
 
-def _grid(panels: dict[str, pd.DataFrame], columns: list[str], title: str, **line) -> plt.Figure:
+def _grid(panels: dict[str, pd.DataFrame], columns: list[str], title: str, *, hue: str, style: str | None = None,
+          reference: tuple[float, str] | None = None, rows: dict | None = None) -> plt.Figure:
     """One row per value column (penalty after training, at init, or CKA), one panel per entry
-    of `panels`, lines over the cut points; `line` goes to seaborn's lineplot (hue, style...)."""
+    of `panels` (summary rows: the mean over seed pairs per cut with `<value>_low/_high`), a line
+    per `hue` (and `style`) level with its interval as a band. `reference` = (value, label): the
+    paper's number, drawn dashed on the penalty rows."""
+    rows = {**_ROWS, **(rows or {})}
     fig, axes = plt.subplots(len(columns), len(panels), figsize=(3.6 * len(panels), 3.6 * len(columns)),
                              squeeze=False, sharey="row")
+    palette = sns.color_palette()
     for r, column in enumerate(columns):
-        what, ylabel = _ROWS[column]
+        what, ylabel = rows[column]
         for c, (name, frame) in enumerate(panels.items()):
             ax = axes[r][c]
             frame = frame[frame[column].notna()]
-            # seaborn's markers=True only marks style levels; without a style every line gets dots.
-            marks = {"markers": True} if "style" in line else {"marker": "o"}
-            sns.lineplot(data=frame, x="cut_index", y=column, ax=ax, errorbar=("ci", 95), seed=0, **marks, **line)
+            levels = list(dict.fromkeys(frame[hue]))
+            styles = list(dict.fromkeys(frame[style])) if style else [None]
+            for h, level in enumerate(levels):
+                for k, st in enumerate(styles):
+                    f = frame[(frame[hue] == level) & ((frame[style] == st) if style else True)]
+                    if f.empty:
+                        continue
+                    f = f.sort_values("cut_index")
+                    color = palette[h % len(palette)]
+                    label = f"{level}" + (f", {st}" if style else "")
+                    ax.plot(f["cut_index"], f[column], marker="o", ms=3, color=color, ls=_DASHES[k % 4], label=label)
+                    if f"{column}_low" in f and f[f"{column}_low"].notna().any():
+                        ax.fill_between(f["cut_index"], f[f"{column}_low"], f[f"{column}_high"], color=color,
+                                        alpha=0.15, lw=0)
             ax.set_title(f"{name}: {what}" if what else name, fontsize=8)
             ax.set_ylabel(ylabel)
             _cut_axis(ax, frame)
@@ -81,8 +100,10 @@ def _grid(panels: dict[str, pd.DataFrame], columns: list[str], title: str, **lin
                 ax.set_ylim(0, 1.05)
             else:
                 ax.axhline(0, color="0.6", lw=0.8)
-            if ax.get_legend() is not None:
-                ax.legend(fontsize=6, title_fontsize=7)
+                if reference is not None:
+                    ax.axhline(reference[0], color="0.3", lw=0.8, ls="--", label=reference[1])
+            if levels:
+                ax.legend(fontsize=6)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     return fig
@@ -94,42 +115,54 @@ def _titled(title: str, caption: str) -> str:
 
 def plot(results, folder: Path | None = None, *, caption: str | None = None) -> dict:
     """The experiment's figures, saved as PNG and PDF into `folder` (default: the run's figures
-    folder): Figs. 2A and 5 for connectivity, 6 (and 2B with ImageNet) for ssl_vs_e2e, 3A for label_noise, 2C, 3B, 3C, 7 and 9 for
-    more_is_better, 4, 8 and the BatchNorm and initialisation ablations for ablations. Returns the figures by name and the paths written."""
+    folder): Figs. 2A and 5 for connectivity, 6 (and 2B with ImageNet) for ssl_vs_e2e, 3A for
+    label_noise, 2C, 3B, 3C, 7 and 9 for more_is_better, 4, 8 and the BatchNorm and
+    initialisation ablations for ablations. Lines are means over the seed pairs, bands their
+    intervals (`stitchlib.claims.summary_table`), dashed lines the paper's numbers. Returns the
+    figures by name and the paths written."""
+    from .claims import summary_table  # claims reads experiments, which plotting need not load first
+
     folder = results.setup.figures if folder is None else folder
     caption = data_caption(results.setup) if caption is None else caption
+    confidence = results.setup.params.get("confidence", 0.95)
+    caption += f"; mean over seed pairs, bands: {confidence:.0%} intervals"
     sns.set_theme(context="paper", style="ticks")
+    summary = summary_table(results)
     figures = {"connectivity": _connectivity, "ssl_vs_e2e": _ssl_vs_e2e, "label_noise": _label_noise,
-               "more_is_better": _more_is_better, "ablations": _ablations}[results.setup.experiment](results, caption)
+               "more_is_better": _more_is_better, "ablations": _ablations}[results.setup.experiment](
+        results, summary, caption)
     paths = [path for name, fig in figures.items() for path in save_figure(fig, folder, name)]
     return {**figures, "paths": paths}
 
 
-def _connectivity(results, caption: str) -> dict:
+def _paper(key: str, what: str = "paper") -> tuple[float, str]:
+    return paper_value(key), f"{what} {paper_value(key):g} points"
+
+
+def _connectivity(results, t: pd.DataFrame, caption: str) -> dict:
     """Fig. 2A (stitching penalty per cut, another seed vs a random network, one panel per model;
     after training the stitcher and at its least-squares initialisation) and Fig. 5 (CKA)."""
-    t = results.table.copy()
+    t = t.copy()
     t["width"] = t["width"].map(lambda w: f"{w:g}x")
     t["bottom"] = t["bottom"].map({"trained": "another seed", "random": "random network"})
     panels = {family: f for family, f in t.groupby("family", sort=False)}
-    line = dict(hue="width", style="bottom", style_order=["another seed", "random network"])
+    line = dict(hue="width", style="bottom")
     return {"fig2a_connectivity": _grid(panels, ["penalty", "penalty_init"],
-                                        _titled("Stitching connectivity (Fig. 2A)", caption), **line),
+                                        _titled("Stitching connectivity (Fig. 2A)", caption),
+                                        reference=_paper("close", "paper: up to"), **line),
             "fig5_cka": _grid(panels, ["cka"], _titled("CKA at the same cuts (Fig. 5)", caption), **line)}
 
 
-def _label_noise(results, caption: str) -> dict:
+def _label_noise(results, t: pd.DataFrame, caption: str) -> dict:
     """Fig. 3A: each weak bottom into the clean top, penalty after training and at init, and CKA."""
-    t = results.table
     fig = _grid({"bottoms into a clean-label top": t}, ["penalty", "penalty_init", "cka"],
                 _titled("Changing the label distribution (Fig. 3A)", caption), hue="pair")
     return {"fig3a_label_noise": fig}
 
 
-def _more_is_better(results, caption: str) -> dict:
+def _more_is_better(results, t: pd.DataFrame, caption: str) -> dict:
     """Figs. 2C (samples), 3B (training time), 3C (width, both directions), 7 (CKA for the
     three) and 9 (freeze training)."""
-    t = results.table
     panels = {name: f for name, f in t.groupby("panel", sort=False)}
     stitched = {name: f for name, f in panels.items() if f["penalty"].notna().any()}
     widths = {name: f for name, f in stitched.items() if name.startswith("width")}
@@ -146,7 +179,8 @@ def _more_is_better(results, caption: str) -> dict:
     figures["fig7_more_cka"] = _grid(cka, ["cka"], _titled("More is similar with CKA? (Fig. 7)", caption),
                                      hue="pair")
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
-    sns.lineplot(data=results.curves, x="step", y="test_error", hue="run", marker="o", ax=ax)
+    sns.lineplot(data=results.curves, x="step", y="test_error", hue="run", marker="o", ax=ax,
+                 errorbar=("ci", 95), seed=0)
     ax.set_xlabel("SGD steps on all training images")
     ax.set_ylabel("test error (%)")
     ax.legend(fontsize=6)
@@ -156,30 +190,34 @@ def _more_is_better(results, caption: str) -> dict:
     return figures
 
 
-def _ablations(results, caption: str) -> dict:
+def _ablations(results, t: pd.DataFrame, caption: str) -> dict:
     """Fig. 4 (kernel size), Fig. 8 (fine-tuning vs stitching a random bottom), and the two
     ablations the paper could not run: BatchNorm policy and the stitcher's initialisation."""
-    panels = {name: f for name, f in results.table.groupby("panel", sort=False)}
+    panels = {name: f for name, f in t.groupby("panel", sort=False)}
     family = results.setup.params["finetune_arch"]
     depth = family.get("depth", 164)
     return {
         "fig4_kernel_size": _grid({"kernel size": panels["kernel size"]}, ["penalty"],
                                   _titled("Stitcher kernel size (Fig. 4)", caption), hue="pair"),
         "fig8_finetuning": _grid({f"ResNet-{depth}: random bottom, trained top": panels["fine-tuning vs stitching"]},
-                                 ["penalty"], _titled("Fine-tuning vs stitching (Fig. 8)", caption), hue="pair"),
+                                 ["penalty"], _titled("Fine-tuning vs stitching (Fig. 8)", caption), hue="pair",
+                                 rows={"penalty": ("", "test error minus the trained top's (points)")}),
         "ablation_bn_init": _grid({"BatchNorm policy": panels["BatchNorm policy"],
                                    "initialisation": panels["initialisation"]}, ["penalty", "penalty_init"],
-                                  _titled("BatchNorm policy and initialisation", caption), hue="pair"),
+                                  _titled("BatchNorm policy and initialisation", caption), hue="pair",
+                                  rows={"penalty_init": ("at initialisation", "stitching penalty (points)")}),
     }
 
 
-def _ssl_vs_e2e(results, caption: str) -> dict:
+def _ssl_vs_e2e(results, t: pd.DataFrame, caption: str) -> dict:
     """Fig. 6: SSS into E2E, E2E into SSS and two supervised seeds, penalty and CKA; Fig. 2B
     when the ImageNet panel ran."""
-    panels = {name: f for name, f in results.table.groupby("panel", sort=False)}
+    panels = {name: f for name, f in t.groupby("panel", sort=False)}
     figures = {"fig6_ssl_vs_e2e": _grid({"CIFAR-10, ResNet-18": panels["CIFAR-10"]}, ["penalty", "penalty_init", "cka"],
-                                        _titled("Self-supervised vs supervised (Fig. 6)", caption), hue="pair")}
+                                        _titled("Self-supervised vs supervised (Fig. 6)", caption), hue="pair",
+                                        reference=_paper("ssl_cifar", "paper: up to"))}
     if "ImageNet" in panels:
         figures["fig2b_imagenet"] = _grid({"ImageNet, ResNet-50": panels["ImageNet"]}, ["penalty", "cka"],
-                                          "Self-supervised into supervised on ImageNet (Fig. 2B)", hue="pair")
+                                          "Self-supervised into supervised on ImageNet (Fig. 2B)", hue="pair",
+                                          reference=_paper("ssl_imagenet", "paper: up to"))
     return figures

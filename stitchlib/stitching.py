@@ -18,7 +18,7 @@ from torch import nn
 
 from .data import Dataset, DeviceLoader, Split
 from .models import CutPoint, resolve_cut, spine, split
-from .training import as_nhwc, channels_last, cross_entropy_step, error_rate, resolve_device, run_steps
+from .training import as_nhwc, channels_last, cross_entropy_step, error_rate, percent, resolve_device, run_steps
 
 __all__ = ["Stitcher", "TokenBatchNorm", "StitchedModel", "StitchResult", "stitch", "BN_POLICIES", "INITS"]
 
@@ -102,6 +102,9 @@ class StitchResult:
     error: float
     stitched: StitchedModel = field(repr=False)
     config: dict = field(default_factory=dict, repr=False)
+    # Which test images the stitched model gets wrong, at initialisation and after training.
+    wrong_init: torch.Tensor | None = field(default=None, repr=False)
+    wrong: torch.Tensor | None = field(default=None, repr=False)
 
     @property
     def penalty_init(self) -> float:
@@ -311,15 +314,16 @@ def stitch(
                         fits[j].update(hb, targets.pop(j))
             for fit, stitcher in zip(fits, stitchers):
                 fit.apply(stitcher, ridge)
-        errors_init = _errors(models, b_stages, b_index, test, dataset, device)
+        wrong_init = _misclassified(models, b_stages, b_index, test, dataset, device)
         if (steps if steps is not None else epochs) > 0:
             desc = f"stitch {bcuts[0].name}" if len(bcuts) == 1 else f"stitch {len(bcuts)} cuts"
             _train_stitchers(models, b_stages, b_index, train, dataset, epochs=epochs, steps=steps, lr=lr,
                              batch_size=batch_size, seed=seed, device=device, desc=desc, progress=progress)
         # Measured anew: with bn_policy="drift" the bottom's statistics have moved.
-        errors = _errors(models, b_stages, b_index, test, dataset, device)
-    results = [StitchResult(b, top_error, e_init, e, m, dict(at=b.name, top_at=t.name, **options))
-               for b, t, e_init, e, m in zip(bcuts, tcuts, errors_init, errors, models)]
+        wrong = _misclassified(models, b_stages, b_index, test, dataset, device)
+    results = [StitchResult(b, top_error, percent(w_init), percent(w), m, dict(at=b.name, top_at=t.name, **options),
+                            w_init, w)
+               for b, t, w_init, w, m in zip(bcuts, tcuts, wrong_init, wrong, models)]
     return results if many else results[0]
 
 
@@ -336,15 +340,16 @@ def _at_cuts(stages: list[nn.Module], x: torch.Tensor, indices: list[int]):
 
 
 @torch.no_grad()
-def _errors(models: list[StitchedModel], b_stages, b_index, split_: Split, dataset: Dataset, device) -> list[float]:
-    """Test error in percent of every stitched model (in eval mode), the bottom run once per batch."""
+def _misclassified(models: list[StitchedModel], b_stages, b_index, split_: Split, dataset: Dataset,
+                   device) -> list[torch.Tensor]:
+    """Which test images every stitched model (in eval mode) gets wrong, the bottom run once per batch."""
     for model in models:
         model.eval()
-    wrong = [0] * len(models)
+    wrong = [[] for _ in models]
     for x, y in DeviceLoader(split_, dataset.mean, dataset.std, batch_size=500, device=device):
         for j, h in _at_cuts(b_stages, as_nhwc(x), b_index):
-            wrong[j] += (models[j].top(models[j].stitcher(h)).argmax(1) != y).sum().item()
-    return [100.0 * w / len(split_) for w in wrong]
+            wrong[j].append((models[j].top(models[j].stitcher(h)).argmax(1) != y).cpu())
+    return [torch.cat(w) for w in wrong]
 
 
 def _first(split_: Split, n: int) -> Split:

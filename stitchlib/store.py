@@ -76,7 +76,7 @@ class CorruptArtifactWarning(UserWarning):
 
 # Modules that only read results (figures, claim verdicts) or re-export names: changing them
 # must not invalidate what is stored. (The package version is part of code_version anyway.)
-NOT_VERSIONED = ("__init__.py", "claims.py", "plotting.py")
+NOT_VERSIONED = ("__init__.py", "claims.py", "plotting.py", "paper.py", "statistics.py", "report.py")
 
 
 def _hash_sources(directory: pathlib.Path) -> str:

@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 from .data import DeviceLoader, Split
 from .models import spine
 
-__all__ = ["Recipe", "RECIPES", "resolve_device", "train_model", "error_rate"]
+__all__ = ["Recipe", "RECIPES", "resolve_device", "train_model", "error_rate", "misclassified"]
 
 
 def channels_last(model: nn.Module) -> nn.Module:
@@ -201,11 +201,21 @@ def cross_entropy_step(model: nn.Module, opt, sched):
 
 
 @torch.no_grad()
-def error_rate(model: nn.Module, split: Split, mean, std, *, device="auto", batch_size: int = 500) -> float:
-    """Top-1 error in percent of `model` (put in eval mode) on `split`."""
+def misclassified(model: nn.Module, split: Split, mean, std, *, device="auto", batch_size: int = 500) -> torch.Tensor:
+    """Which images of `split` `model` (put in eval mode) gets wrong: a bool tensor on the CPU, in
+    the split's order. Per-image results let errors of different models on the same images be
+    compared pairwise and resampled together (see `stitchlib.statistics`)."""
     device = resolve_device(device)
     channels_last(model.to(device)).eval()
-    wrong = 0
-    for x, y in DeviceLoader(split, mean, std, batch_size=batch_size, device=device):
-        wrong += (model(as_nhwc(x)).argmax(1) != y).sum().item()
-    return 100.0 * wrong / len(split)
+    return torch.cat([(model(as_nhwc(x)).argmax(1) != y).cpu()
+                      for x, y in DeviceLoader(split, mean, std, batch_size=batch_size, device=device)])
+
+
+def error_rate(model: nn.Module, split: Split, mean, std, *, device="auto", batch_size: int = 500) -> float:
+    """Top-1 error in percent of `model` (put in eval mode) on `split`."""
+    return percent(misclassified(model, split, mean, std, device=device, batch_size=batch_size))
+
+
+def percent(wrong: torch.Tensor) -> float:
+    """Error in percent from per-image correctness."""
+    return 100.0 * wrong.sum().item() / len(wrong)

@@ -74,3 +74,40 @@ def test_the_users_papermill_command_works_from_any_directory(tmp_path):
     assert (tmp_path / "figures" / "smoke" / "04_more_is_better.csv").exists()
     assert (tmp_path / "store" / "model").is_dir()
     assert sorted(p.name for p in elsewhere.iterdir()) == ["out.ipynb"]  # nothing written where it ran
+
+
+def test_the_readme_results_are_rendered_from_the_committed_tables():
+    """No measured number is typed into the README's results: the block is what
+    `python -m stitchlib readme` renders from results/smoke/."""
+    from stitchlib.report import render_readme
+
+    readme = ROOT / "README.md"
+    assert render_readme(readme, ROOT / "results" / "smoke") == readme.read_text(), \
+        "README.md is out of date with results/smoke/: run `python -m stitchlib readme`"
+
+
+@pytest.mark.parametrize("name", sorted(NOTEBOOKS))
+def test_committed_notebook_verdicts_match_the_committed_tables(name):
+    """The verdicts a notebook shows (and nbval compares) are those of results/smoke/, which the
+    README renders: notebook, tables and README come from one run."""
+    import pandas as pd
+
+    nb = json.loads((ROOT / "notebooks" / f"{name}.ipynb").read_text())
+    checked = next(c for c in nb["cells"] if "# NBVAL_CHECK_OUTPUT" in "".join(c["source"]))
+    shown = "".join("".join(o.get("text", "")) for o in checked["outputs"])
+    claims = pd.read_csv(ROOT / "results" / "smoke" / f"{name}_claims.csv", keep_default_na=False)
+    lines = [line for line in shown.splitlines()[1:] if line.strip()]
+    assert len(lines) == len(claims)
+    for line, (_, c) in zip(lines, claims.iterrows()):
+        assert line.rstrip().endswith(c["verdict"]) and c["model"] in line and c["threshold"] in line, line
+
+
+@pytest.mark.parametrize("name", sorted(NOTEBOOKS))
+def test_notebook_texts_carry_no_measured_numbers(name):
+    """Markdown cells hold the claim and the paper's numbers, never a measurement typed by hand:
+    no runtime in seconds or minutes, no 'measured' figure."""
+    import re
+
+    nb = json.loads((ROOT / "notebooks" / f"{name}.ipynb").read_text())
+    text = "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "markdown")
+    assert not re.search(r"\d+(\.\d+)?\s*(s|min)\b|[Mm]easured at smoke", text), name

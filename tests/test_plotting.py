@@ -9,12 +9,15 @@ import stitchlib  # noqa: E402
 
 
 def _results(folder):
-    rows = [dict(family="ResNet-18", width=w, bottom=b, pair=b, cut_index=i, cut=f"c{i}", penalty=i * (3 if b == "random" else 0.5),
-                 penalty_init=i, cka=1 - i / 20)
-            for w in (0.5, 1.0) for b in ("trained", "random") for i in range(4)]
-    rows += [dict(family="ViT", width=0.08, bottom="trained", pair="seed 1", cut_index=i, cut=f"blocks.{i}",
-                  penalty=1.0, penalty_init=2.0, cka=0.9) for i in range(3)]
-    setup = SimpleNamespace(experiment="connectivity", figures=folder, profile="smoke", params={"arch": "resnet18", "architectures": {"vit": {}}},
+    rows = [dict(family="ResNet-18", width=w, bottom=b, pair=b, pair_index=i, seed_top=2 * i, seed_bottom=2 * i + 1,
+                 cut_index=c, cut=f"c{c}", penalty=c * (3 if b == "random" else 0.5) + i, penalty_init=c + i,
+                 cka=1 - c / 20 - i / 50)
+            for w in (0.5, 1.0) for b in ("trained", "random") for i in range(2) for c in range(4)]
+    rows += [dict(family="ViT", width=0.08, bottom="trained", pair="seed 1", pair_index=i, seed_top=2 * i,
+                  seed_bottom=2 * i + 1, cut_index=c, cut=f"blocks.{c}", penalty=1.0 + i, penalty_init=2.0, cka=0.9)
+             for i in range(2) for c in range(3)]
+    setup = SimpleNamespace(experiment="connectivity", figures=folder, profile="smoke",
+                            params={"arch": "resnet18", "architectures": {"vit": {}}, "confidence": 0.95},
                             dataset=SimpleNamespace(identity={"name": "cifar10", "source": "archive:/x/c.jpeg.tar.gz"}))
     return SimpleNamespace(table=pd.DataFrame(rows), setup=setup)
 
@@ -28,5 +31,14 @@ def test_figures_are_written_and_byte_identical_on_rerun(tmp_path):
     assert {p.name: p.read_bytes() for p in again["paths"]} == first
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary files left
     title = out["fig2a_connectivity"]._suptitle.get_text()
-    assert "CIFAR-10 (JPEG copy)" in title and "not on CIFAR-5m" in title
+    assert "CIFAR-10 (JPEG copy)" in title and "not on CIFAR-5m" in title and "95% intervals" in title
     assert len(out["fig2a_connectivity"].axes) == 4 and len(out["fig5_cka"].axes) == 2  # (2 rows x) 2 models
+    ax = out["fig2a_connectivity"].axes[0]
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    # One line per width and bottom, each with its interval band, and the paper's bound dashed.
+    assert labels == ["0.5x, another seed", "0.5x, random network", "1x, another seed", "1x, random network",
+                      "paper: up to 3 points"]
+    assert len(ax.collections) == 4  # the four bands
+    # The band of the trained 0.5x line spans the two pairs' means (t interval: far wider than their range).
+    trained = ax.lines[0]
+    assert list(trained.get_ydata()) == [0.5, 1.0, 1.5, 2.0]

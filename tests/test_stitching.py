@@ -5,7 +5,7 @@ import torch
 import stitchlib
 from stitchlib.models import cut_points, split
 from stitchlib.stitching import Stitcher, StitchedModel
-from stitchlib.training import error_rate
+from stitchlib.training import error_rate, misclassified
 
 
 def _snapshot(model):
@@ -148,6 +148,10 @@ def test_drift_is_measured_with_the_drifted_bottom(cifar, small):
                            bn_policy="drift", device="cpu")
     # Re-evaluating the returned stitched model (its drifted bottom included) gives the reported error.
     assert error_rate(res.stitched, small["test"], cifar.mean, cifar.std, device="cpu") == res.error
+    # Per-image correctness, in the test split's order, behind both reported errors.
+    wrong = misclassified(res.stitched, small["test"], cifar.mean, cifar.std, device="cpu")
+    assert torch.equal(res.wrong, wrong) and res.wrong.dtype == torch.bool and len(res.wrong) == len(small["test"])
+    assert 100 * res.wrong_init.float().mean().item() == pytest.approx(res.error_init)
 
 
 def _random_pair(arch, **options):

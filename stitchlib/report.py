@@ -1,0 +1,87 @@
+"""Results prose rendered from result tables, never typed by hand: a notebook's results section
+(`report`) and the README's (`python -m stitchlib readme`, from the tables under results/)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pandas as pd
+
+__all__ = ["report", "claims_markdown", "render_readme", "README_BEGIN", "README_END"]
+
+README_BEGIN = "<!-- results:begin (written by `python -m stitchlib readme`; do not edit by hand) -->"
+README_END = "<!-- results:end -->"
+NOTEBOOKS = ("01_connectivity", "02_ssl_vs_e2e", "03_label_noise", "04_more_is_better", "05_ablations")
+
+
+def _number(x) -> str:
+    return "n/a" if pd.isna(x) else f"{x:.2f}"
+
+
+def claims_markdown(claims: pd.DataFrame, confidence: float = 0.95) -> str:
+    """A claims table as Markdown: claim, model, mean [interval], threshold, paper, verdict."""
+    lines = [f"| claim | model | mean [{confidence:.0%} interval] | threshold | paper | verdict |",
+             "|---|---|---|---|---|---|"]
+    for _, c in claims.iterrows():
+        where = f" (worst cut: {c['worst_cut']})" if isinstance(c.get("worst_cut"), str) and c["worst_cut"] else ""
+        lines.append(f"| {c['claim']} | {c['model']}{where} | {_number(c['statistic'])} [{_number(c['low'])}, "
+                     f"{_number(c['high'])}] | {c['threshold']} | {c['paper']} | **{c['verdict']}** |")
+    return "\n".join(lines)
+
+
+def _counts(claims: pd.DataFrame) -> str:
+    counts = claims["verdict"].value_counts()
+    return ", ".join(f"{counts.get(v, 0)} {v}" for v in ("holds", "fails", "inconclusive"))
+
+
+def report(results, claims: pd.DataFrame):
+    """The notebook's results section: every number in it comes from `results` and `claims`.
+    Returns IPython Markdown where IPython is present (a notebook), else the text."""
+    p = results.setup.params
+    models = results.models
+    n_pairs = len(p["seeds"]) // 2
+    text = [f"**Results at the `{results.setup.profile}` profile**, rendered from this run's tables: "
+            f"{n_pairs} seed pairs, {p['test_samples']:,} test images, base models at "
+            f"{models['test_error'].min():.1f}-{models['test_error'].max():.1f}% test error. "
+            f"Verdicts: {_counts(claims)}.", "", claims_markdown(claims, p["confidence"])]
+    markdown = "\n".join(text)
+    try:
+        from IPython.display import Markdown
+    except ImportError:  # the library runs without IPython (a GPU machine's plain Python)
+        return markdown
+    return Markdown(markdown)
+
+
+def render_readme(readme: Path, results_dir: Path) -> str:
+    """The README's text with its results block rewritten from the tables in `results_dir`
+    (<notebook>_claims.csv, <notebook>_models.csv and timings.csv, as the smoke suite wrote them)."""
+    text = Path(readme).read_text()
+    if README_BEGIN not in text or README_END not in text:
+        raise ValueError(f"{readme} has no results block: add the lines\n{README_BEGIN}\n{README_END}")
+    results_dir = Path(results_dir)
+    parts = []
+    timings = results_dir / "timings.csv"
+    if timings.exists():
+        t = pd.read_csv(timings)
+        first = t.iloc[0]
+        parts.append(f"Measured by `make figures` with an empty store on {first['cpu']} ({first['cores']} cores), "
+                     f"{first['date']}: " + ", ".join(f"`{r.notebook}` {r.seconds:.0f} s" for r in t.itertuples())
+                     + f"; {t['seconds'].sum():.0f} s ({t['seconds'].sum() / 60:.1f} min) in all.")
+    total = []
+    for name in NOTEBOOKS:
+        path = results_dir / f"{name}_claims.csv"
+        if not path.exists():
+            continue
+        claims = pd.read_csv(path, keep_default_na=False, na_values=[""])
+        total.append(claims)
+        models = results_dir / f"{name}_models.csv"
+        line = f"**`{name}`**: {_counts(claims)}"
+        if models.exists():
+            m = pd.read_csv(models)
+            line += f"; base models at {m['test_error'].min():.1f}-{m['test_error'].max():.1f}% test error"
+        parts += ["", line + ".", "", claims_markdown(claims)]
+    if total:
+        parts.insert(0, f"All claims at this profile: {_counts(pd.concat(total))}.\n")
+    block = "\n".join([README_BEGIN, *parts, README_END])
+    return re.sub(re.escape(README_BEGIN) + ".*?" + re.escape(README_END), lambda _: block, text, flags=re.S)

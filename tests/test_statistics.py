@@ -1,0 +1,64 @@
+"""The intervals and verdicts every claim rests on."""
+import math
+
+import numpy as np
+import pytest
+
+from stitchlib.statistics import bootstrap_weights, interval, t_quantile, validate_confidence, verdict, Interval
+
+
+@pytest.mark.parametrize("p,df,expected", [(0.975, 1, 12.7062), (0.975, 2, 4.3027), (0.975, 3, 3.1824),
+                                           (0.975, 30, 2.0423), (0.95, 5, 2.0150), (0.025, 4, -2.7764),
+                                           (0.975, 10**9, 1.9600)])
+def test_t_quantiles_match_the_tables(p, df, expected):
+    assert t_quantile(p, df) == pytest.approx(expected, abs=1e-4)
+
+
+def test_two_pairs_without_images_give_the_t_interval():
+    iv = interval([1.0, 3.0])
+    # mean 2, s = sqrt(2), se = s / sqrt(2) = 1, t(0.975, 1) = 12.706
+    assert iv.mean == 2.0 and iv.high - iv.mean == pytest.approx(12.7062, abs=1e-4) and iv.pairs == 2
+
+
+def test_test_set_noise_widens_the_interval_and_is_shared_by_the_pairs():
+    rng = np.random.default_rng(0)
+    n = 2000
+    top = rng.random(n) < 0.3
+    stitched = [top ^ (rng.random(n) < 0.1), top ^ (rng.random(n) < 0.1)]
+    d = [s.astype(np.float32) - top.astype(np.float32) for s in stitched]
+    theta = [100 * x.mean() for x in d]
+    without, with_images = interval(theta), interval(theta, d)
+    assert with_images.mean == pytest.approx(without.mean)
+    assert with_images.high - with_images.low > without.high - without.low
+    # The test-set term alone is about the binomial standard error of a paired difference.
+    single = interval(theta[:1], d[:1])
+    se = (single.high - single.mean) / 1.96
+    p10 = ((stitched[0] == 1) & (top == 0)).mean()
+    p01 = ((stitched[0] == 0) & (top == 1)).mean()
+    assert se == pytest.approx(100 * math.sqrt((p10 + p01 - (p10 - p01) ** 2) / n), rel=0.1)
+
+
+def test_the_bootstrap_is_reproducible():
+    assert np.array_equal(bootstrap_weights(50), bootstrap_weights(50))
+    assert bootstrap_weights(50).sum(axis=1).tolist() == [50.0] * 2000
+
+
+@pytest.mark.parametrize("lo,hi,comparator,threshold,expected", [
+    (1.0, 2.0, "<=", 3.0, "holds"), (3.5, 4.0, "<=", 3.0, "fails"), (2.0, 4.0, "<=", 3.0, "inconclusive"),
+    (4.0, 9.0, ">", 3.0, "holds"), (-1.0, 2.0, ">", 3.0, "fails"), (-1.0, 5.0, ">", 3.0, "inconclusive"),
+    (-2.0, -0.5, "<", 0.0, "holds"), (0.0, 1.0, "<", 0.0, "fails"), (0.5, 1.0, ">=", 0.0, "holds"),
+    (-2.0, 2.0, "within", 3.0, "holds"), (3.5, 5.0, "within", 3.0, "fails"), (-4.0, 0.0, "within", 3.0, "inconclusive"),
+    (math.nan, math.nan, "<=", 3.0, "inconclusive"),
+])
+def test_verdicts_are_decided_on_the_whole_interval(lo, hi, comparator, threshold, expected):
+    assert verdict(Interval((lo + hi) / 2, lo, hi, 2), comparator, threshold) == expected
+
+
+def test_bad_input_is_refused():
+    with pytest.raises(ValueError, match="at least two seed pairs"):
+        interval([1.0])
+    with pytest.raises(ValueError, match="unknown comparator"):
+        verdict(Interval(0, 0, 0, 2), "=~", 1)
+    for bad in (0, 1, 1.5, -0.1, True, "0.95"):
+        with pytest.raises(ValueError, match=r"confidence must be a number in \(0, 1\)"):
+            validate_confidence(bad)
