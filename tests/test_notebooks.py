@@ -110,4 +110,4 @@ def test_notebook_texts_carry_no_measured_numbers(name):
 
     nb = json.loads((ROOT / "notebooks" / f"{name}.ipynb").read_text())
     text = "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "markdown")
-    assert not re.search(r"\d+(\.\d+)?\s*(s|min)\b|[Mm]easured at smoke", text), name
+    assert not re.search(r"\d+(\.\d+)?\s(s|min)\b|[Mm]easured at smoke", text), name
