@@ -6,7 +6,8 @@ before any result was seen, and are the same at every profile. Every statistic i
 per seed pair and reported as a mean with an interval (`stitchlib.statistics`); the verdict,
 "holds", "fails" or "inconclusive", is decided on the whole interval. A claim about every cut
 holds when every cut's interval holds, fails when some cut's interval fails, and is
-inconclusive otherwise.
+inconclusive otherwise. With fewer than `statistics.MIN_PAIRS_TO_DECIDE` seed pairs every
+verdict is inconclusive: two pairs cannot decide a claim the same way on two machines.
 
 Nothing here is stored: the artifact store's code version leaves this module out, so changing
 a claim re-checks stored results instead of recomputing them.
@@ -23,7 +24,7 @@ from .experiments import Results, write_csv
 from .paper import paper_note, paper_value
 from .statistics import bootstrap_weights, interval, verdict
 
-__all__ = ["check_claims", "summary_table", "summarize"]
+__all__ = ["check_claims", "summary_table", "summarize", "table1"]
 
 RANDOM_CONTROL_FAMILIES = ("ResNet-18",)
 CLAIM_COLUMNS = ["claim", "model", "statistic", "low", "high", "threshold", "paper", "verdict", "pairs", "worst_cut"]
@@ -286,7 +287,57 @@ def check_claims(results: Results, *, write: bool = True) -> pd.DataFrame:
         write_csv(claims, results.setup.figures / f"{prefix}_claims.csv")
         write_csv(summary_table(results), results.setup.figures / f"{prefix}_summary.csv")
         write_csv(results.models, results.setup.figures / f"{prefix}_models.csv")
+        if results.sources:
+            write_csv(table1(results), results.setup.figures / "table1.csv")
     return claims
+
+
+# ------------------------------------------------------------------ Table 1 with our numbers
+
+_TABLE1_COLUMNS = ("different initialisation", "self-supervision", "coarse or noisy labels", "more data / time / width")
+_TABLE1_PAPER = {
+    "CKA (paper)": ("varies (can be 0)", "varies (0.35-0.9)", "not shown", "far (can be 0 for data, 0.7 for width)"),
+    "stitching (paper)": ("close (up to 3% error)", "close (up to 5% error)", "close at the early layers", "better"),
+}
+
+
+def _claim_cells(claims: pd.DataFrame, prefix: str) -> str:
+    """The claims whose text starts with `prefix`, as 'model: mean [low, high] (verdict)'."""
+    rows = claims[claims["claim"].str.startswith(prefix)]
+    return "; ".join(f"{r.model}{f' at {r.worst_cut}' if r.worst_cut else ''}: {r.statistic:.2f} "
+                     f"[{r.low:.2f}, {r.high:.2f}] ({r.verdict})" for r in rows.itertuples())
+
+
+def _cka_extremes(summary: pd.DataFrame, what: str) -> str:
+    """The lowest and highest per-cut mean CKA over the seed pairs, each with its interval and cut."""
+    rows = summary[summary["cka"].notna()]
+    lo, hi = rows.loc[rows["cka"].idxmin()], rows.loc[rows["cka"].idxmax()]
+    return (f"{lo['cka']:.2f} [{lo['cka_low']:.2f}, {lo['cka_high']:.2f}] at {lo['cut']} to {hi['cka']:.2f} "
+            f"[{hi['cka_low']:.2f}, {hi['cka_high']:.2f}] at {hi['cut']} ({what})")
+
+
+def table1(results: Results) -> pd.DataFrame:
+    """Table 1 of the paper with our numbers, from the results 05 summarises (`results.sources`:
+    01-04). CKA (ours): per-cut means over the seed pairs, the lowest and the highest, each with
+    its interval, since the paper's cells say how far CKA varies. Stitching (ours): the claims
+    that make the paper's cells (01 (a), 02 (a), 03 (a), 04 (a)), with their means, intervals
+    and verdicts. The paper's own cells follow."""
+    src = results.sources
+    conn, ssl = summary_table(src["connectivity"]), summary_table(src["ssl_vs_e2e"])
+    noise, more = summary_table(src["label_noise"]), summary_table(src["more_is_better"])
+    seeds = conn[(conn["bottom"] == "trained") & (conn["family"] == "ResNet-18")]
+    weak = noise[(noise["labels"] != "clean") & (noise["noise"] != 1.0)]
+    cka_only = more[more["pair"].str.contains("CKA only")]
+    ours_cka = (_cka_extremes(seeds, "ResNet-18 seed pairs"),
+                _cka_extremes(ssl[ssl["direction"] == "SSS into E2E"], "SimCLR vs supervised ResNet-18"),
+                _cka_extremes(weak, "coarse, noise < 100%"),
+                "; ".join(_cka_extremes(f, pair.replace(" (CKA only)", ""))
+                          for pair, f in cka_only.groupby("pair", sort=False)))
+    claims = {name: check_claims(r, write=False) for name, r in src.items()}
+    ours_stitching = (_claim_cells(claims["connectivity"], "(a)"), _claim_cells(claims["ssl_vs_e2e"], "(a) "),
+                      _claim_cells(claims["label_noise"], "(a)"), _claim_cells(claims["more_is_better"], "(a)"))
+    rows = {"CKA (ours)": ours_cka, "stitching (ours)": ours_stitching, **_TABLE1_PAPER}
+    return pd.DataFrame([dict(method=method, **dict(zip(_TABLE1_COLUMNS, cells))) for method, cells in rows.items()])
 
 
 def summary_table(results: Results) -> pd.DataFrame:
@@ -335,9 +386,6 @@ def summarize(results: Results, claims: pd.DataFrame) -> None:
                 print(pivot.round(2).to_string())
         for note in results.notes:
             print(f"\nnote: {note}")
-        if results.overview is not None:
-            print("\nTable 1, with our numbers:")
-            print(results.overview.set_index("method").T.to_string())
         if results.curves is not None:
             print("\nfreeze training: test error (%) against SGD steps, mean over seed pairs:")
             print(results.curves.pivot_table(index="step", columns="run", values="test_error", sort=False)

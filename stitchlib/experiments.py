@@ -595,8 +595,9 @@ class Results:
     models: pd.DataFrame
     setup: Setup = field(repr=False)
     curves: pd.DataFrame | None = None
-    overview: pd.DataFrame | None = None
     notes: list = field(default_factory=list)
+    # The other experiments' results an experiment summarises (05's Table 1), by experiment name.
+    sources: dict = field(default_factory=dict, repr=False)
 
 
 def _models_frame(built: dict, specs: dict) -> pd.DataFrame:
@@ -976,7 +977,8 @@ def ablations(s: Setup, others: dict[str, Setup] | None = None) -> Results:
       the top seed) and a random bottom (random_seed + pair index). Stitching trains only the
       stitcher; fine-tuning keeps the random bottom up to the cut frozen and trains freshly
       initialised top layers (a seed of their own) for `finetune_epochs`.
-    - Table 1, from the stored results of 01, 03 and 04 (`results.overview`; see `paper_table`).
+    - Table 1, from the stored results of 01-04 (`results.sources`; `stitchlib.claims.table1` makes
+      the table, `check_claims` writes it to table1.csv).
     """
     p = s.params
     train_split, test_split, cka_split, stitch_split = _splits(s)
@@ -1034,61 +1036,20 @@ def ablations(s: Setup, others: dict[str, Setup] | None = None) -> Results:
                 bar.update()
     table = pd.concat([table, pd.DataFrame(rows)], ignore_index=True)
     write_csv(table, s.figures / "05_ablations.csv")
-    overview = paper_table(s, others)
-    write_csv(overview, s.figures / "table1.csv")
-    return Results(table, _models_frame(built, specs), s, overview=overview)
+    return Results(table, _models_frame(built, specs), s, sources=table1_sources(s, others))
 
 
-def _span(values) -> str:
-    return f"{min(values):.2f}-{max(values):.2f}"
-
-
-def paper_table(s: Setup, others: dict[str, Setup] | None = None) -> pd.DataFrame:
-    """Table 1 of the paper with our numbers: CKA and stitching for different initialisations
-    (01), self-supervision (02), other label distributions (03) and more data / time / width (04),
-    from the stored results of those notebooks (computed now if absent). `others` maps
-    "connectivity", "ssl_vs_e2e", "label_noise" and "more_is_better" to their setups; by default,
-    each notebook's defaults at this profile, with this run's device, store and figures folder."""
+def table1_sources(s: Setup, others: dict[str, Setup] | None = None) -> dict[str, Results]:
+    """The results Table 1 with our numbers is made from (`stitchlib.claims.table1`): 01-04 from the
+    store (computed now if absent). `others` maps "connectivity", "ssl_vs_e2e", "label_noise" and
+    "more_is_better" to their setups; by default, each notebook's defaults at this profile, with
+    this run's device, store and figures folder."""
     others = others or {name: setup(name, profile=s.profile, device=s.device.type, store=str(s.store.root),
                                     figures_dir=str(s.figures))
                         for name in ("connectivity", "ssl_vs_e2e", "label_noise", "more_is_better")}
-    conn = connectivity(others["connectivity"]).table
-    seeds = conn[(conn["bottom"] == "trained") & (conn["family"] == "ResNet-18")]
-    ssl = ssl_vs_e2e(others["ssl_vs_e2e"]).table
-    ssl = ssl[ssl["direction"].isin(["SSS into E2E", "E2E into SSS"])]
-    noise = label_noise(others["label_noise"]).table
-    weak = noise[(noise["labels"] != "clean") & (noise["noise"] != 1.0)]
-    more = more_is_better(others["more_is_better"]).table
-    m = others["more_is_better"].params
-    stronger = {"more samples": more[(more["panel"] == "samples") & (more["value"] == m["samples"])],
-                "more training time": more[(more["panel"] == "training time")
-                                           & (more["value"] == max(m["checkpoint_epochs"]))],
-                "more width": more[(more["panel"] == f"width: bottoms into the {m['width']:g} top")
-                                   & (more["value"] == max(m["widths"]))]}
-    cka_only = more[more["pair"].str.contains("CKA only")]
-    first_half = weak[weak["cut_index"] < (weak["cut_index"].max() + 1) // 2]
-    return pd.DataFrame([
-        dict(method="CKA (ours)", **{
-            "different initialisation": f"{_span(seeds['cka'])} (ResNet-18 seed pairs, all cuts)",
-            "self-supervision": f"{_span(ssl['cka'])} (SimCLR vs supervised ResNet-18, all cuts)",
-            "coarse or noisy labels": f"{_span(weak['cka'])} (coarse, noise < 100%)",
-            "more data / time / width": "; ".join(f"{_span(f['cka'])} ({pair.replace(' (CKA only)', '')})"
-                                                  for pair, f in cka_only.groupby("pair", sort=False))}),
-        dict(method="stitching (ours)", **{
-            "different initialisation": f"close: penalty at most {seeds['penalty'].max():.1f} points",
-            "self-supervision": "penalty at most " + ", ".join(
-                f"{f['penalty'].max():.1f} ({d})" for d, f in ssl.groupby("direction", sort=False)),
-            "coarse or noisy labels": f"close early: first-half penalty at most {first_half['penalty'].max():.1f}",
-            "more data / time / width": "better: lowest penalty " + ", ".join(
-                f"{f['penalty'].min():.1f} ({what})" for what, f in stronger.items())}),
-        dict(method="CKA (paper)", **{"different initialisation": "varies (can be 0)",
-                                      "self-supervision": "varies (0.35-0.9)", "coarse or noisy labels": "not shown",
-                                      "more data / time / width": "far (can be 0 for data, 0.7 for width)"}),
-        dict(method="stitching (paper)", **{"different initialisation": "close (up to 3% error)",
-                                            "self-supervision": "close (up to 5% error)",
-                                            "coarse or noisy labels": "close at the early layers",
-                                            "more data / time / width": "better"}),
-    ])
+    run = {"connectivity": connectivity, "ssl_vs_e2e": ssl_vs_e2e, "label_noise": label_noise,
+           "more_is_better": more_is_better}
+    return {name: run[name](others[name]) for name in run}
 
 
 def write_csv(frame: pd.DataFrame, path: Path) -> Path:

@@ -65,11 +65,14 @@ _DASHES = ["-", "--", ":", "-."]
 
 
 def _grid(panels: dict[str, pd.DataFrame], columns: list[str], title: str, *, hue: str, style: str | None = None,
-          reference: tuple[float, str] | None = None, rows: dict | None = None) -> plt.Figure:
+          reference: tuple[float, str] | None = None, relative: tuple | None = None,
+          rows: dict | None = None) -> plt.Figure:
     """One row per value column (penalty after training, at init, or CKA), one panel per entry
     of `panels` (summary rows: the mean over seed pairs per cut with `<value>_low/_high`), a line
     per `hue` (and `style`) level with its interval as a band. `reference` = (value, label): the
-    paper's number, drawn dashed on the penalty rows."""
+    paper's number, drawn dashed on the penalty rows. `relative` = (level, offsets, label, cuts):
+    the paper's bound on a difference from the `hue` level `level`, drawn dashed as that level's
+    curve shifted by each offset, over the cut indices `cuts` (None: all) that the claim averages."""
     rows = {**_ROWS, **(rows or {})}
     fig, axes = plt.subplots(len(columns), len(panels), figsize=(3.6 * len(panels), 3.6 * len(columns)),
                              squeeze=False, sharey="row")
@@ -102,6 +105,14 @@ def _grid(panels: dict[str, pd.DataFrame], columns: list[str], title: str, *, hu
                 ax.axhline(0, color="0.6", lw=0.8)
                 if reference is not None:
                     ax.axhline(reference[0], color="0.3", lw=0.8, ls="--", label=reference[1])
+                if relative is not None and column.startswith("penalty"):
+                    level, offsets, label, cuts = relative
+                    base = frame[frame[hue] == level].sort_values("cut_index")
+                    if cuts is not None:
+                        base = base[base["cut_index"].isin(cuts)]
+                    for n, offset in enumerate(offsets):
+                        ax.plot(base["cut_index"], base[column] + offset, color="0.3", lw=0.8, ls="--",
+                                label=label if n == 0 else None)
             if levels:
                 ax.legend(fontsize=6)
     fig.suptitle(title, fontsize=9)
@@ -155,8 +166,13 @@ def _connectivity(results, t: pd.DataFrame, caption: str) -> dict:
 
 def _label_noise(results, t: pd.DataFrame, caption: str) -> dict:
     """Fig. 3A: each weak bottom into the clean top, penalty after training and at init, and CKA."""
+    # The claim: over the first half of the cuts, a weak bottom's penalty is within 3 points of the
+    # clean seed's (the paper's 'close'); drawn as the clean curve + 3 there.
+    bound = paper_value("label_early")
+    first_half = sorted(t["cut_index"].unique())[: t["cut_index"].nunique() // 2]
     fig = _grid({"bottoms into a clean-label top": t}, ["penalty", "penalty_init", "cka"],
-                _titled("Changing the label distribution (Fig. 3A)", caption), hue="pair")
+                _titled("Changing the label distribution (Fig. 3A)", caption), hue="pair",
+                relative=("clean labels", [bound], f"paper: clean + {bound:g} points (first half)", first_half))
     return {"fig3a_label_noise": fig}
 
 
@@ -197,8 +213,11 @@ def _ablations(results, t: pd.DataFrame, caption: str) -> dict:
     family = results.setup.params["finetune_arch"]
     depth = family.get("depth", 164)
     return {
+        # The claim: each k's penalty within 3 points of k = 1's (drawn as k = 1's curve +- 3).
         "fig4_kernel_size": _grid({"kernel size": panels["kernel size"]}, ["penalty"],
-                                  _titled("Stitcher kernel size (Fig. 4)", caption), hue="pair"),
+                                  _titled("Stitcher kernel size (Fig. 4)", caption), hue="pair",
+                                  relative=("k = 1", [-paper_value("kernel"), paper_value("kernel")],
+                                            f"paper: k = 1 +- {paper_value('kernel'):g} points", None)),
         "fig8_finetuning": _grid({f"ResNet-{depth}: random bottom, trained top": panels["fine-tuning vs stitching"]},
                                  ["penalty"], _titled("Fine-tuning vs stitching (Fig. 8)", caption), hue="pair",
                                  rows={"penalty": ("", "test error minus the trained top's (points)")}),

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from .statistics import MIN_PAIRS_TO_DECIDE
+
 __all__ = ["report", "claims_markdown", "render_readme", "README_BEGIN", "README_END"]
 
 README_BEGIN = "<!-- results:begin (written by `python -m stitchlib readme`; do not edit by hand) -->"
@@ -35,6 +37,14 @@ def _counts(claims: pd.DataFrame) -> str:
     return ", ".join(f"{counts.get(v, 0)} {v}" for v in ("holds", "fails", "inconclusive"))
 
 
+def _undecided(n_pairs: int) -> str:
+    if n_pairs >= MIN_PAIRS_TO_DECIDE:
+        return ""
+    return (f" With {n_pairs} seed pairs no verdict is decided (at least {MIN_PAIRS_TO_DECIDE} are needed for a "
+            "verdict that another machine would reproduce: `stitchlib.statistics`); the means and intervals show "
+            "where the numbers lie.")
+
+
 def report(results, claims: pd.DataFrame):
     """The notebook's results section: every number in it comes from `results` and `claims`.
     Returns IPython Markdown where IPython is present (a notebook), else the text."""
@@ -44,7 +54,7 @@ def report(results, claims: pd.DataFrame):
     text = [f"**Results at the `{results.setup.profile}` profile**, rendered from this run's tables: "
             f"{n_pairs} seed pairs, {p['test_samples']:,} test images, base models at "
             f"{models['test_error'].min():.1f}-{models['test_error'].max():.1f}% test error. "
-            f"Verdicts: {_counts(claims)}.", "", claims_markdown(claims, p["confidence"])]
+            f"Verdicts: {_counts(claims)}.{_undecided(n_pairs)}", "", claims_markdown(claims, p["confidence"])]
     markdown = "\n".join(text)
     try:
         from IPython.display import Markdown
@@ -82,6 +92,8 @@ def render_readme(readme: Path, results_dir: Path) -> str:
             line += f"; base models at {m['test_error'].min():.1f}-{m['test_error'].max():.1f}% test error"
         parts += ["", line + ".", "", claims_markdown(claims)]
     if total:
-        parts.insert(0, f"All claims at this profile: {_counts(pd.concat(total))}.\n")
+        everything = pd.concat(total)
+        parts.insert(0, f"All claims at this profile: {_counts(everything)}."
+                        f"{_undecided(int(everything['pairs'].max()))}\n")
     block = "\n".join([README_BEGIN, *parts, README_END])
     return re.sub(re.escape(README_BEGIN) + ".*?" + re.escape(README_END), lambda _: block, text, flags=re.S)

@@ -16,12 +16,24 @@ reported is its mean over the pairs with an interval that combines the two sourc
   same resampled images (errors from per-image correctness, so the correlation between a
   stitched model and its top is kept).
 Adding both counts the part of the test noise that does differ between pairs twice, and the
-t multiplier is applied to the whole: the interval is conservative, on purpose. Training on
-another CPU lands a model elsewhere much as another seed does; an interval that covers the seed
-spread generously is what keeps a verdict from flipping between machines.
+t multiplier is applied to the whole: the interval is conservative, on purpose.
 
 A verdict is decided on the interval: "holds" when all of it lies on the claim's side of the
-threshold, "fails" when all of it lies on the other side, "inconclusive" otherwise.
+threshold, "fails" when all of it lies on the other side, "inconclusive" otherwise, and always
+"inconclusive" when the spread between pairs rests on fewer than MIN_PAIRS_TO_DECIDE pairs.
+
+Why two pairs decide nothing. Training on another CPU lands a model elsewhere much as another
+seed does, so two machines are two independent draws of the same claim. With k = 2 the spread
+between pairs has one degree of freedom and the interval's width is itself a coin toss (it is
+proportional to |theta_1 - theta_2|): whether the interval clears the threshold depends more on
+how closely the two pairs happen to agree than on the effect. `bench/verdict_agreement.py`
+simulates it: at k = 2, two runs give different verdicts more than one time in ten for every true
+effect from 0.25 to beyond 12 between-pair standard deviations (a decided verdict at 5 sd comes
+out 42% of the time), while at k = 3 that zone ends at 4.25 sd (decided 98% of the time at 5 sd)
+and at k = 4 at 2.75 sd. A verdict from two pairs would be a coin toss between machines, so it is
+"inconclusive" by construction; the mean and interval are still reported. A single network of
+each kind (pretrained ImageNet models: no seed pairs, the test-set term alone) has no
+between-pair spread to be unstable, and is decided on its interval.
 
 Statistics with no per-image decomposition (CKA) take the between-pair term only.
 """
@@ -33,10 +45,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Interval", "interval", "t_quantile", "verdict", "bootstrap_weights", "validate_confidence"]
+__all__ = ["Interval", "interval", "t_quantile", "verdict", "bootstrap_weights", "validate_confidence",
+           "MIN_PAIRS_TO_DECIDE"]
 
 BOOTSTRAP_DRAWS = 2000
 COMPARATORS = ("<=", ">=", "<", ">", "within")
+# The fewest seed pairs whose between-pair spread can decide a verdict reproducibly (module docstring).
+MIN_PAIRS_TO_DECIDE = 3
 
 
 def validate_confidence(confidence) -> float:
@@ -107,6 +122,12 @@ class Interval:
     def __str__(self) -> str:
         return f"{self.mean:.2f} [{self.low:.2f}, {self.high:.2f}]"
 
+    @property
+    def decidable(self) -> bool:
+        """Whether a verdict may rest on this interval: a single network of each kind (test-set
+        term alone), or at least MIN_PAIRS_TO_DECIDE seed pairs."""
+        return self.pairs == 1 or self.pairs >= MIN_PAIRS_TO_DECIDE
+
 
 def interval(per_pair, per_image=None, *, confidence: float = 0.95, weights: np.ndarray | None = None) -> Interval:
     """Mean of `per_pair` (one value per seed pair) with the interval of the module docstring.
@@ -135,11 +156,12 @@ def interval(per_pair, per_image=None, *, confidence: float = 0.95, weights: np.
 
 def verdict(iv: Interval, comparator: str, threshold: float) -> str:
     """"holds", "fails" or "inconclusive": the claim `statistic <comparator> threshold` decided on
-    the whole interval. "within" means |statistic| <= threshold."""
+    the whole interval. "within" means |statistic| <= threshold. An interval from too few seed
+    pairs to decide reproducibly (`Interval.decidable`) gives "inconclusive" whatever it says."""
     if comparator not in COMPARATORS:
         raise ValueError(f"unknown comparator {comparator!r}; valid: {COMPARATORS}")
     lo, hi = iv.low, iv.high
-    if math.isnan(lo) or math.isnan(hi):
+    if math.isnan(lo) or math.isnan(hi) or not iv.decidable:
         return "inconclusive"
     if comparator in ("<=", "<"):
         ok, bad = (hi <= threshold, lo > threshold) if comparator == "<=" else (hi < threshold, lo >= threshold)

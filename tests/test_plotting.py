@@ -42,3 +42,21 @@ def test_figures_are_written_and_byte_identical_on_rerun(tmp_path):
     # The band of the trained 0.5x line spans the two pairs' means (t interval: far wider than their range).
     trained = ax.lines[0]
     assert list(trained.get_ydata()) == [0.5, 1.0, 1.5, 2.0]
+
+
+def test_relative_bounds_follow_the_reference_curve(tmp_path):
+    """Claims about a difference (a weak bottom within 3 points of the clean seed over the first
+    half of the cuts) draw the paper's bound as the reference curve shifted by 3, where the claim
+    looks."""
+    rows = [dict(panel="labels", pair=pair, labels=labels, noise=noise, pair_index=i, seed_top=2 * i,
+                 seed_bottom=2 * i + 1, cut_index=c, cut=f"c{c}", penalty=c + shift + i, penalty_init=c + shift,
+                 cka=0.5)
+            for pair, labels, noise, shift in (("clean labels", "clean", 0.0, 0.0), ("100% label noise", "noise", 1.0, 9.0))
+            for i in range(2) for c in range(6)]
+    setup = SimpleNamespace(experiment="label_noise", figures=tmp_path, profile="smoke", params={"confidence": 0.95},
+                            dataset=SimpleNamespace(identity={"name": "cifar10", "source": "torchvision"}))
+    out = stitchlib.plot(SimpleNamespace(table=pd.DataFrame(rows), setup=setup))
+    ax = out["fig3a_label_noise"].axes[0]
+    bound = next(line for line in ax.lines if line.get_label().startswith("paper: clean + 3"))
+    # The clean curve (mean over the two pairs: c + 0.5) + 3, over the first three of six cuts.
+    assert list(bound.get_xdata()) == [0, 1, 2] and list(bound.get_ydata()) == [3.5, 4.5, 5.5]
