@@ -96,9 +96,8 @@ class _Judge:
     def __init__(self, confidence: float):
         self.confidence = confidence
         self.rows: list[dict] = []
-        cache: dict[int, np.ndarray] = {}
         # One set of bootstrap draws per test-set size, shared by every statistic of the run.
-        self.weights = lambda n: cache.setdefault(n, bootstrap_weights(n))
+        self.weights = bootstrap_weights
 
     def claim(self, text: str, model: str, per_pair: dict, comparator: str, key: str) -> None:
         threshold = paper_value(key)
