@@ -15,7 +15,7 @@ import pandas as pd
 def main(a: Path, b: Path, label_a: str = "A", label_b: str = "B") -> int:
     lines = [f"| notebook | claim | model | {label_a}: mean [interval] | {label_a} | {label_b}: mean [interval] | "
              f"{label_b} | same verdict |", "|---|---|---|---|---|---|---|---|"]
-    differ = same = 0
+    differ = same = moved = 0
     for path in sorted(a.glob("*_claims.csv")):
         other = b / path.name
         ca = pd.read_csv(path, keep_default_na=False, na_values=[""])
@@ -24,12 +24,14 @@ def main(a: Path, b: Path, label_a: str = "A", label_b: str = "B") -> int:
             assert (x["claim"], x["model"]) == (y["claim"], y["model"]), (x["claim"], y["claim"])
             ok = x["verdict"] == y["verdict"]
             same, differ = same + ok, differ + (not ok)
+            moved += not (x["statistic"] == y["statistic"] or (pd.isna(x["statistic"]) and pd.isna(y["statistic"])))
             lines.append(f"| {path.name.replace('_claims.csv', '')} | {x['claim'][:60]} | {x['model']} | "
                          f"{x['statistic']:.2f} [{x['low']:.2f}, {x['high']:.2f}] | {x['verdict']} | "
                          f"{y['statistic']:.2f} [{y['low']:.2f}, {y['high']:.2f}] | {y['verdict']} | "
                          f"{'yes' if ok else '**no**'} |")
     print("\n".join(lines))
-    print(f"\n{same} verdicts identical, {differ} different.")
+    print(f"\n{same} verdicts identical, {differ} different; {moved} of {same + differ} statistics differ "
+          "between the runs" + (" (the two runs trained different models)." if moved else "."))
     return 1 if differ else 0
 
 

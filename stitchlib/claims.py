@@ -7,7 +7,8 @@ per seed pair and reported as a mean with an interval (`stitchlib.statistics`); 
 "holds", "fails" or "inconclusive", is decided on the whole interval. A claim about every cut
 holds when every cut's interval holds, fails when some cut's interval fails, and is
 inconclusive otherwise. With fewer than `statistics.MIN_PAIRS_TO_DECIDE` seed pairs every
-verdict is inconclusive: two pairs cannot decide a claim the same way on two machines.
+verdict about trained seed pairs is inconclusive: two pairs cannot decide a claim the same way
+on two machines (pretrained ImageNet networks, one of each, are decided on their test-set interval).
 
 Nothing here is stored: the artifact store's code version leaves this module out, so changing
 a claim re-checks stored results instead of recomputing them.
@@ -112,14 +113,14 @@ class _Judge:
                               worst_cut=""))
 
     def every_cut(self, text: str, model: str, frame: pd.DataFrame, comparator: str, key: str,
-                  column: str = "penalty") -> None:
+                  column: str = "penalty", fixed_networks: bool = False) -> None:
         """A claim about every cut: judged cut by cut (holds if every cut holds, fails if any cut
         fails); the row shows the deciding cut (`worst_cut`) with its mean and interval."""
         threshold = paper_value(key)
         cuts = []
         for (index, cut), rows in frame.groupby(["cut_index", "cut"]):
             iv = _interval(mean_over_cuts(rows, column), self.confidence, self.weights)
-            cuts.append((cut, iv, verdict(iv, comparator, threshold)))
+            cuts.append((cut, iv, verdict(iv, comparator, threshold, fixed_networks=fixed_networks)))
         verdicts = {v for _, _, v in cuts}
         overall = "fails" if "fails" in verdicts else "holds" if verdicts == {"holds"} else "inconclusive"
         # The row shows the cut that decides the verdict: among the cuts with the overall verdict,
@@ -177,7 +178,8 @@ def _ssl_claims(j: _Judge, t: pd.DataFrame) -> None:
             ">", "cka_ssl")
     for pair, f in t[t["panel"] == "ImageNet"].groupby("pair", sort=False):
         j.every_cut("(c) ImageNet: a self-supervised ResNet-50 stitches into the supervised one: penalty at every "
-                    "cut (points; one network each, test-set interval only)", pair, f, "<=", "ssl_imagenet")
+                    "cut (points; one network each, test-set interval only)", pair, f, "<=", "ssl_imagenet",
+                    fixed_networks=True)
 
 
 def _label_noise_claims(j: _Judge, t: pd.DataFrame) -> None:
@@ -300,16 +302,21 @@ _TABLE1_PAPER = {
 }
 
 
-def _claim_cells(claims: pd.DataFrame, prefix: str) -> str:
-    """The claims whose text starts with `prefix`, as 'model: mean [low, high] (verdict)'."""
-    rows = claims[claims["claim"].str.startswith(prefix)]
-    return "; ".join(f"{r.model}{f' at {r.worst_cut}' if r.worst_cut else ''}: {r.statistic:.2f} "
-                     f"[{r.low:.2f}, {r.high:.2f}] ({r.verdict})" for r in rows.itertuples())
+def _claim_cells(claims: pd.DataFrame, prefix: str, model: str = "") -> str:
+    """The claims whose text starts with `prefix` (and whose model starts with `model`), as
+    'model: mean [low, high] (verdict)'; "n/a" where there are none."""
+    rows = claims[claims["claim"].str.startswith(prefix) & claims["model"].str.startswith(model)]
+    cells = [f"{r.model}{f' at {r.worst_cut}' if r.worst_cut else ''}: "
+             + ("n/a" if pd.isna(r.statistic) else f"{r.statistic:.2f} [{r.low:.2f}, {r.high:.2f}]")
+             + f" ({r.verdict})" for r in rows.itertuples()]
+    return "; ".join(cells) or "n/a"
 
 
 def _cka_extremes(summary: pd.DataFrame, what: str) -> str:
     """The lowest and highest per-cut mean CKA over the seed pairs, each with its interval and cut."""
     rows = summary[summary["cka"].notna()]
+    if rows.empty:
+        return f"n/a ({what})"
     lo, hi = rows.loc[rows["cka"].idxmin()], rows.loc[rows["cka"].idxmax()]
     return (f"{lo['cka']:.2f} [{lo['cka_low']:.2f}, {lo['cka_high']:.2f}] at {lo['cut']} to {hi['cka']:.2f} "
             f"[{hi['cka_low']:.2f}, {hi['cka_high']:.2f}] at {hi['cut']} ({what})")
@@ -333,8 +340,10 @@ def table1(results: Results) -> pd.DataFrame:
                 "; ".join(_cka_extremes(f, pair.replace(" (CKA only)", ""))
                           for pair, f in cka_only.groupby("pair", sort=False)))
     claims = {name: check_claims(r, write=False) for name, r in src.items()}
-    ours_stitching = (_claim_cells(claims["connectivity"], "(a)"), _claim_cells(claims["ssl_vs_e2e"], "(a) "),
-                      _claim_cells(claims["label_noise"], "(a)"), _claim_cells(claims["more_is_better"], "(a)"))
+    # 01: the ResNet-18 seed pairs, as in the CKA cell (Table 1's "different initialisation").
+    ours_stitching = (_claim_cells(claims["connectivity"], "(a) ", "ResNet-18 w="),
+                      _claim_cells(claims["ssl_vs_e2e"], "(a) "), _claim_cells(claims["label_noise"], "(a) "),
+                      _claim_cells(claims["more_is_better"], "(a) "))
     rows = {"CKA (ours)": ours_cka, "stitching (ours)": ours_stitching, **_TABLE1_PAPER}
     return pd.DataFrame([dict(method=method, **dict(zip(_TABLE1_COLUMNS, cells))) for method, cells in rows.items()])
 

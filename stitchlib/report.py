@@ -40,9 +40,9 @@ def _counts(claims: pd.DataFrame) -> str:
 def _undecided(n_pairs: int) -> str:
     if n_pairs >= MIN_PAIRS_TO_DECIDE:
         return ""
-    return (f" With {n_pairs} seed pairs no verdict is decided (at least {MIN_PAIRS_TO_DECIDE} are needed for a "
-            "verdict that another machine would reproduce: `stitchlib.statistics`); the means and intervals show "
-            "where the numbers lie.")
+    return (f" With {n_pairs} seed pairs no verdict about trained seed pairs is decided (at least "
+            f"{MIN_PAIRS_TO_DECIDE} are needed for a verdict that another machine would reproduce: "
+            "`stitchlib.statistics`); the means and intervals show where the numbers lie.")
 
 
 def report(results, claims: pd.DataFrame):

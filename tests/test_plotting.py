@@ -60,3 +60,6 @@ def test_relative_bounds_follow_the_reference_curve(tmp_path):
     bound = next(line for line in ax.lines if line.get_label().startswith("paper: clean + 3"))
     # The clean curve (mean over the two pairs: c + 0.5) + 3, over the first three of six cuts.
     assert list(bound.get_xdata()) == [0, 1, 2] and list(bound.get_ydata()) == [3.5, 4.5, 5.5]
+    # Only on the trained stitcher's row: no claim bounds the penalty at initialisation.
+    init = out["fig3a_label_noise"].axes[1]
+    assert not [line for line in init.lines if line.get_label().startswith("paper")]

@@ -40,7 +40,9 @@ def test_test_set_noise_widens_the_interval_and_is_shared_by_the_pairs():
 
 
 def test_the_bootstrap_is_reproducible():
-    assert np.array_equal(bootstrap_weights(50), bootstrap_weights(50))
+    # Drawn afresh (past the per-process cache), the same seed gives the same draws.
+    assert np.array_equal(bootstrap_weights.__wrapped__(50), bootstrap_weights(50))
+    assert not bootstrap_weights(50).flags.writeable  # shared by every statistic: nobody may change it
     assert bootstrap_weights(50).sum(axis=1).tolist() == [50.0] * 2000
 
 
@@ -62,8 +64,35 @@ def test_two_pairs_decide_nothing_three_pairs_and_single_networks_do():
     assert verdict(Interval(**clear, pairs=2), "<=", 3.0) == "inconclusive"
     assert verdict(Interval(**clear, pairs=3), ">", 3.0) == "holds"
     assert verdict(Interval(**clear, pairs=3), "<=", 3.0) == "fails"
-    # One network of each kind (pretrained models): the test-set interval alone decides.
-    assert verdict(Interval(**clear, pairs=1), ">", 3.0) == "holds"
+    # One network of each kind (pretrained models): the test-set interval alone decides, where the
+    # claim says its networks are fixed; a trained-seed statistic left with one pair does not.
+    assert verdict(Interval(**clear, pairs=1), ">", 3.0, fixed_networks=True) == "holds"
+    assert verdict(Interval(**clear, pairs=1), ">", 3.0) == "inconclusive"
+    assert verdict(Interval(**clear, pairs=2), ">", 3.0, fixed_networks=True) == "inconclusive"
+
+
+def _frame(penalties):
+    """Rows of one comparison: penalties[pair][cut], no per-image terms."""
+    import pandas as pd
+    return pd.DataFrame([dict(pair_index=i, cut_index=c, cut=f"c{c}", penalty=v)
+                         for i, row in enumerate(penalties) for c, v in enumerate(row)])
+
+
+def test_every_cut_claims_with_three_pairs_hold_fail_or_stay_open_cut_by_cut():
+    from stitchlib.claims import _Judge
+    j = _Judge(0.95)
+    # "penalty <= 3 at every cut": every cut's interval below 3 -> holds, reported at the worst cut.
+    j.every_cut("(a)", "low", _frame([[0.0, 1.0], [0.2, 1.2], [0.1, 0.8]]), "<=", "close")
+    # One cut clearly above 3 -> fails, whatever the other cuts say.
+    j.every_cut("(a)", "one bad cut", _frame([[0.0, 9.0], [0.2, 9.2], [0.1, 8.8]]), "<=", "close")
+    # A straddling cut and no failing one -> inconclusive.
+    j.every_cut("(a)", "straddles", _frame([[0.0, 1.0], [0.2, 5.0], [0.1, 3.0]]), "<=", "close")
+    # The same clear numbers from two pairs decide nothing.
+    j.every_cut("(a)", "two pairs", _frame([[0.0, 9.0], [0.2, 9.2]]), "<=", "close")
+    got = {r["model"]: (r["verdict"], r["worst_cut"], r["pairs"]) for r in j.rows}
+    assert got == {"low": ("holds", "c1", 3), "one bad cut": ("fails", "c1", 3),
+                   "straddles": ("inconclusive", "c1", 3), "two pairs": ("inconclusive", "c1", 2)}
+    assert j.rows[0]["statistic"] == pytest.approx(1.0) and j.rows[0]["high"] < 3
 
 
 def test_the_rule_rests_on_how_often_two_runs_agree():

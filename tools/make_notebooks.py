@@ -101,9 +101,9 @@ the pairs with an interval that combines the spread between pairs (Student's t) 
 sampling (a paired bootstrap over the test images): see `stitchlib.statistics`. A verdict is
 decided on the whole interval: **holds** when all of it lies on the claim's side of the threshold,
 **fails** when all of it lies on the other side, **inconclusive** otherwise. A claim about every
-cut holds when every cut holds, and fails when any cut fails. Fewer than three seed pairs decide
-nothing: with two, the interval's width rests on one degree of freedom and two machines would
-reach different verdicts on the same claim (`bench/verdict_agreement.py`), so every verdict is
+cut holds when every cut holds, and fails when any cut fails. Two seed pairs decide nothing:
+the interval's width then rests on one degree of freedom, and two machines would reach different
+verdicts on the same claim (`bench/verdict_agreement.py`), so every verdict from two pairs is
 **inconclusive** by construction, with its mean and interval still shown.
 
 The thresholds are the paper's numbers (`stitchlib.paper`) at every profile, none widened for
