@@ -236,7 +236,8 @@ def test_cifar_archive_order_matches_files(cifar):
 
 
 def test_cifar_cache_is_used_and_identical(cifar):
-    assert cifar.cached_s < 2.0, f"cached load took {cifar.cached_s:.2f} s"
+    # The fixture's second load fails if it decodes the archive; how long it takes is a benchmark's
+    # business (a wall-clock bound here failed on a loaded 2-core machine).
     assert cifar.cached.identity == cifar.fresh.identity
     assert data_sha256(cifar.cached.train, cifar.cached.test) == cifar.fresh.identity["sha256"]
     for a, b in ((cifar.fresh.train, cifar.cached.train), (cifar.fresh.test, cifar.cached.test)):
