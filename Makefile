@@ -45,9 +45,14 @@ results: setup
 unit: setup
 	$(BIN)/python -m pytest tests -q
 
+NBVAL := --nbval-lax --nbval-current-env --nbval-sanitize-with $(SANITIZE) --nbval-cell-timeout 1200
+
 test: setup
-	$(BIN)/python -m pytest tests $(NOTEBOOKS) --nbval-lax --nbval-current-env \
-	  --nbval-sanitize-with $(SANITIZE) --nbval-cell-timeout 1200 -q -p no:cacheprovider
+	$(BIN)/python -m pytest tests $(NOTEBOOKS) $(NBVAL) -q -p no:cacheprovider
+
+# The notebooks' part of `make test` alone: nbval over the committed notebooks.
+nbval: setup
+	$(BIN)/python -m pytest $(NOTEBOOKS) $(NBVAL) -q -p no:cacheprovider
 
 # Re-run the committed notebooks at the smoke profile, in place and without parameters,
 # to refresh the outputs nbval compares against.

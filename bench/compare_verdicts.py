@@ -16,8 +16,12 @@ def main(a: Path, b: Path, label_a: str = "A", label_b: str = "B") -> int:
     lines = [f"| notebook | claim | model | {label_a}: mean [interval] | {label_a} | {label_b}: mean [interval] | "
              f"{label_b} | same verdict |", "|---|---|---|---|---|---|---|---|"]
     differ = same = moved = 0
+    missing = []
     for path in sorted(a.glob("*_claims.csv")):
         other = b / path.name
+        if not other.exists():
+            missing.append(path.name.replace("_claims.csv", ""))
+            continue
         ca = pd.read_csv(path, keep_default_na=False, na_values=[""])
         cb = pd.read_csv(other, keep_default_na=False, na_values=[""])
         for (_, x), (_, y) in zip(ca.iterrows(), cb.iterrows()):
@@ -30,6 +34,8 @@ def main(a: Path, b: Path, label_a: str = "A", label_b: str = "B") -> int:
                          f"{y['statistic']:.2f} [{y['low']:.2f}, {y['high']:.2f}] | {y['verdict']} | "
                          f"{'yes' if ok else '**no**'} |")
     print("\n".join(lines))
+    if missing:
+        print(f"\nNot in {label_b}'s run (not finished): {', '.join(missing)}.")
     print(f"\n{same} verdicts identical, {differ} different; {moved} of {same + differ} statistics differ "
           "between the runs" + (" (the two runs trained different models)." if moved else "."))
     return 1 if differ else 0

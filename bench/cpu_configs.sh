@@ -2,6 +2,7 @@
 # The README's test command under one CPU configuration, on a fresh clone with an empty store:
 #
 #   bench/cpu_configs.sh NAME CORE [VAR=value ...]
+#   TARGET=nbval bench/cpu_configs.sh NAME CORE [VAR=value ...]   (the notebooks' part only)
 #
 # clones this repository's HEAD (refused if the working tree has uncommitted changes) into
 # $WORK/NAME/main (WORK defaults to /tmp/stitchlib-configs), puts ../shared beside it, and runs
@@ -27,8 +28,8 @@ cd "$work/main" || exit 1
 start=$(date +%s)
 # Nothing of the caller's stitchlib settings leaks in: an empty store and figures in the clone.
 env -u STITCHLIB_STORE -u STITCHLIB_FIGURES -u STITCHLIB_WEIGHTS -u STITCHLIB_DATA -u VENV -u PYTHON \
-  "$@" OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 taskset -c "$core" make test > "$work/make_test.log" 2>&1
+  "$@" OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 taskset -c "$core" make "${TARGET:-test}" > "$work/make_test.log" 2>&1
 rc=$?
-echo "$name: commit $commit, make test exit $rc, $(( $(date +%s) - start )) s, $(date +%F), env: $*" \
+echo "$name: commit $commit, make ${TARGET:-test} exit $rc, $(( $(date +%s) - start )) s, $(date +%F), env: $*" \
   "OMP_NUM_THREADS=1 MKL_NUM_THREADS=1, core $core" | tee "$work/result.txt"
 exit $rc
