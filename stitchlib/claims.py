@@ -100,7 +100,9 @@ class _Judge:
         # One set of bootstrap draws per test-set size, shared by every statistic of the run.
         self.weights = bootstrap_weights
 
-    def claim(self, text: str, model: str, per_pair: dict, comparator: str, key: str) -> None:
+    def claim(self, text: str, model: str, per_pair: dict, comparator: str, key: str, note: str = "") -> None:
+        """A claim about one statistic. `model` names what it is about and must not depend on the
+        numbers (nbval compares it on every machine); `note` (in `worst_cut`) may."""
         threshold = paper_value(key)
         if not per_pair:
             iv, pairs = None, 0
@@ -110,7 +112,7 @@ class _Judge:
                               low=iv.low if iv else math.nan, high=iv.high if iv else math.nan,
                               threshold=f"{comparator} {threshold:g}", paper=paper_note(key),
                               verdict=verdict(iv, comparator, threshold) if iv else "inconclusive", pairs=pairs,
-                              worst_cut=""))
+                              worst_cut=note))
 
     def every_cut(self, text: str, model: str, frame: pd.DataFrame, comparator: str, key: str,
                   column: str = "penalty", fixed_networks: bool = False) -> None:
@@ -236,9 +238,10 @@ def _more_is_better_claims(j: _Judge, results: Results) -> None:
         normal = final[(final["run"] == "normal training") & (final["pair_index"] == row["pair_index"])].iloc[0]
         stat[row["pair_index"]] = (row["test_error"] - normal["test_error"],
                                    np.asarray(row["_wrong"], np.float32) - np.asarray(normal["_wrong"], np.float32))
-    # With no stage near zero the prediction could not be tested: no statistic, "inconclusive".
+    # With no stage near zero the prediction could not be tested: no statistic, "inconclusive". Which
+    # stages qualify depends on the numbers, so it goes to the note, not to the model's name.
     j.claim("(d) freeze training ends near normal training: final test error minus normal training's (points)",
-            "freeze training" if stat else "freeze training (no stage qualified)", stat, "<=", "freeze")
+            "freeze training", stat, "<=", "freeze", note="" if stat else "no stage qualified")
 
 
 def _ablation_claims(j: _Judge, t: pd.DataFrame) -> None:

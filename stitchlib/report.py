@@ -26,7 +26,10 @@ def claims_markdown(claims: pd.DataFrame, confidence: float = 0.95) -> str:
     lines = [f"| claim | model | mean [{confidence:.0%} interval] | threshold | paper | verdict |",
              "|---|---|---|---|---|---|"]
     for _, c in claims.iterrows():
-        where = f" (worst cut: {c['worst_cut']})" if isinstance(c.get("worst_cut"), str) and c["worst_cut"] else ""
+        note = c.get("worst_cut")
+        # An every-cut claim names its deciding cut; other claims may carry a note instead.
+        where = (f" ({'worst cut: ' if 'every cut' in c['claim'] else ''}{note})"
+                 if isinstance(note, str) and note else "")
         lines.append(f"| {c['claim']} | {c['model']}{where} | {_number(c['statistic'])} [{_number(c['low'])}, "
                      f"{_number(c['high'])}] | {c['threshold']} | {c['paper']} | **{c['verdict']}** |")
     return "\n".join(lines)

@@ -118,3 +118,13 @@ def test_bad_input_is_refused():
     for bad in (0, 1, 1.5, -0.1, True, "0.95"):
         with pytest.raises(ValueError, match=r"confidence must be a number in \(0, 1\)"):
             validate_confidence(bad)
+
+
+def test_a_claim_without_a_statistic_keeps_its_name_and_says_why_in_the_note():
+    from stitchlib.claims import _Judge
+    j = _Judge(0.95)
+    j.claim("(d)", "freeze training", {}, "<=", "freeze", note="no stage qualified")
+    row = j.rows[0]
+    assert (row["model"], row["verdict"], row["worst_cut"], row["pairs"]) == (
+        "freeze training", "inconclusive", "no stage qualified", 0)
+    assert math.isnan(row["statistic"])
