@@ -173,30 +173,85 @@ def load_resnet50(weights: str | os.PathLike, *, layout: str | None = None, down
 def load_imagenet_folder(root: str | os.PathLike, samples: int, *, seed: int = 0, size: int = 224) -> Dataset:
     """`samples` ImageNet validation images from an image folder (root/<class>/<image>), resized to
     256 on the short side and centre-cropped to `size`, split in two halves: "train" (for the
-    stitcher) and "test". The class folders, sorted, give the labels (1000 for ImageNet)."""
+    stitcher) and "test". The class folders, sorted, give the labels (1000 for ImageNet).
+
+    The draw is stratified, at random with `seed` (the same folder, `samples` and `seed` give the
+    same tensors). Each class gets ``samples // C`` images or one more (C classes); a class with
+    fewer images gives all it has and the rest is spread, as evenly, over the others. Within a
+    class the drawn images alternate between the halves, so a class with ``k`` images has
+    ``k // 2`` or ``k - k // 2`` in each half, hence at least one in each: both halves cover every
+    class. The classes with an odd count alternate which half gets their extra image, so "train"
+    has exactly ``samples // 2`` images and "test" ``samples - samples // 2``. Within a half the
+    images are in class order.
+
+    Raises ValueError when a class folder has fewer than 2 images, or `samples` is not in
+    ``[2 * C, number of images]``."""
     root = pathlib.Path(root).expanduser()
     if not root.is_dir():
         raise DataNotFoundError(f"no ImageNet folder at {root}: give the validation set as <root>/<class>/<image>")
     classes = sorted(d.name for d in root.iterdir() if d.is_dir())
-    files = [(f, c) for c, name in enumerate(classes) for f in sorted((root / name).iterdir()) if f.is_file()]
-    if not classes or not files:
+    per_class = [[f for f in sorted((root / name).iterdir()) if f.is_file()] for name in classes]
+    total = sum(map(len, per_class))
+    if not classes or not total:
         raise DataNotFoundError(f"{root} has no class folders with images: expected <root>/<class>/<image> "
                                 "(e.g. val/n01440764/ILSVRC2012_val_00000293.JPEG)")
-    if not 2 <= samples <= len(files):
-        raise ValueError(f"samples must be in [2, {len(files)}] (the images under {root}), got {samples}")
-    pick = torch.randperm(len(files), generator=torch.Generator().manual_seed(seed))[:samples].sort().values
+    short = [(name, len(fs)) for name, fs in zip(classes, per_class) if len(fs) < 2]
+    if short:
+        listed = ", ".join(f"{name} ({n})" for name, n in short[:5]) + (", ..." if len(short) > 5 else "")
+        raise ValueError(f"{len(short)} class folder(s) under {root} have fewer than 2 images: {listed}. Both halves "
+                         "need an image of every class, so each class folder needs at least 2 images")
+    num = len(classes)
+    if samples < 2 * num:
+        raise ValueError(f"samples={samples} cannot give both halves an image of each of the {num} classes: give "
+                         f"samples >= {2 * num} (and <= {total}, the images under {root})")
+    if samples > total:
+        raise ValueError(f"samples must be in [{2 * num}, {total}] (2 per class, up to the images under {root}), "
+                         f"got {samples}")
+    gen = torch.Generator().manual_seed(seed)
+    # How many of each class: fill the smallest classes first; a class with no more than its even
+    # share gives all its images, the others share the rest, with the remainder to random ones.
+    quota = [0] * num
+    left, open_ = samples, num
+    order = sorted(range(num), key=lambda c: len(per_class[c]))
+    for i, c in enumerate(order):
+        if len(per_class[c]) > left // open_:
+            rest = order[i:]
+            break
+        quota[c] = len(per_class[c])
+        left -= quota[c]
+        open_ -= 1
+    else:
+        rest = []
+    if rest:  # every class in rest has more than left // len(rest) images, so each can take one extra
+        base, extra = divmod(left, len(rest))
+        for c in rest:
+            quota[c] = base
+        for k in torch.randperm(len(rest), generator=gen)[:extra].tolist():
+            quota[rest[k]] += 1
+    assert sum(quota) == samples and all(2 <= q <= len(fs) for q, fs in zip(quota, per_class))
+    halves: tuple[list, list] = ([], [])
+    drawn = [torch.randperm(len(fs), generator=gen)[:q].sort().values.tolist() for fs, q in zip(per_class, quota)]
+    odd = [c for c in range(num) if quota[c] % 2]
+    # The odd classes alternate, in random order, which half gets their extra image; the first
+    # gives it to test, so train has samples // 2 and test samples - samples // 2.
+    extra_to_train = {odd[k]: n % 2 == 1 for n, k in enumerate(torch.randperm(len(odd), generator=gen).tolist())}
+    for c, picks in enumerate(drawn):
+        first = 0 if extra_to_train.get(c, True) else 1  # the half that gets the class's first image
+        for n, j in enumerate(picks):
+            halves[(first + n) % 2].append((per_class[c][j], c))
     resize = torchvision.transforms.Compose([torchvision.transforms.Resize(256),
                                              torchvision.transforms.CenterCrop(size)])
-    images = torch.empty(samples, 3, size, size, dtype=torch.uint8)
-    labels = torch.empty(samples, dtype=torch.int64)
-    for i, j in enumerate(pick.tolist()):
-        f, c = files[j]
-        rgb = torch.from_numpy(np.array(_decode_rgb(f))).permute(2, 0, 1)  # a writable copy
-        images[i] = resize(rgb)
-        labels[i] = c
-    half = samples // 2
-    split = dict(num_classes=len(classes), classes=tuple(classes))
-    train = Split(images[:half], labels[:half], recipe=(("imagenet", str(root), samples, seed, "train"),), **split)
-    test = Split(images[half:], labels[half:], recipe=(("imagenet", str(root), samples, seed, "test"),), **split)
+    split = dict(num_classes=num, classes=tuple(classes))
+    parts = []
+    for name, files in zip(("train", "test"), halves):
+        images = torch.empty(len(files), 3, size, size, dtype=torch.uint8)
+        labels = torch.empty(len(files), dtype=torch.int64)
+        for i, (f, c) in enumerate(files):
+            rgb = torch.from_numpy(np.array(_decode_rgb(f))).permute(2, 0, 1)  # a writable copy
+            images[i] = resize(rgb)
+            labels[i] = c
+        parts.append(Split(images, labels, recipe=(("imagenet", str(root), samples, seed, "stratified", name),),
+                           **split))
+    train, test = parts
     identity = {"name": "imagenet", "source": f"folder:{root}", "sha256": data_sha256(train, test)}
     return Dataset("imagenet", train, test, list(classes), IMAGENET_MEAN, IMAGENET_STD, identity)

@@ -99,6 +99,27 @@ def test_named_weights_come_from_the_weights_folder_or_say_where_to_put_them(tmp
         P.load_resnet50(tmp_path / "missing.pth")
 
 
+def _image_folder(root, counts, rng):
+    """Class folders `root/<name>` with `counts[name]` random JPEGs each, of differing sizes."""
+    for name, n in counts.items():
+        (root / name).mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(rng.integers(0, 255, (40 + 3 * i, 36, 3), dtype=np.uint8)).save(root / name / f"{i}.JPEG")
+
+
+def _check_halves(ds, samples, num_classes):
+    """Both halves cover every class, train has samples // 2 images and test the rest, each class
+    is split as evenly as its count allows, and no image is in both halves."""
+    train, test = ds.train.labels.bincount(minlength=num_classes), ds.test.labels.bincount(minlength=num_classes)
+    assert (train >= 1).all() and (test >= 1).all(), (train, test)
+    assert len(ds.train) == samples // 2 and len(ds.test) == samples - samples // 2
+    assert ((train - test).abs() <= 1).all()
+    assert len(ds.train.labels) == len(ds.train.images) and len(ds.test.labels) == len(ds.test.images)
+    flat = torch.cat([ds.train.images, ds.test.images]).flatten(1)
+    assert len(torch.unique(flat, dim=0)) == samples  # the random images all differ: none drawn twice
+    return train + test
+
+
 def test_imagenet_folder(tmp_path):
     rng = np.random.default_rng(0)
     for c, name in enumerate(["n02", "n01", "n03"]):
@@ -109,9 +130,10 @@ def test_imagenet_folder(tmp_path):
     ds = P.load_imagenet_folder(tmp_path / "val", samples=8, seed=0)
     assert ds.train.images.shape == (4, 3, 224, 224) and ds.test.images.shape == (4, 3, 224, 224)
     assert ds.classes == ["n01", "n02", "n03"] and ds.train.num_classes == 3
+    assert sorted(_check_halves(ds, 8, 3).tolist()) == [2, 3, 3]
     again = P.load_imagenet_folder(tmp_path / "val", samples=8, seed=0)
     assert torch.equal(again.train.images, ds.train.images) and ds.identity == again.identity
-    with pytest.raises(ValueError, match=r"samples must be in \[2, 12\]"):
+    with pytest.raises(ValueError, match=r"samples must be in \[6, 12\]"):
         P.load_imagenet_folder(tmp_path / "val", samples=13)
     (tmp_path / "flat").mkdir()
     Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(tmp_path / "flat" / "a.JPEG")
@@ -119,3 +141,62 @@ def test_imagenet_folder(tmp_path):
         P.load_imagenet_folder(tmp_path / "flat", samples=2)
     with pytest.raises(stitchlib.data.DataNotFoundError, match="no ImageNet folder"):
         P.load_imagenet_folder(tmp_path / "nowhere", samples=2)
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """Five classes of 8 images, and the same with one class of only 3."""
+    rng = np.random.default_rng(1)
+    root = tmp_path_factory.mktemp("imagenet")
+    _image_folder(root / "even", {f"n{c:02d}": 8 for c in range(5)}, rng)
+    _image_folder(root / "uneven", {**{f"n{c:02d}": 8 for c in range(4)}, "n04": 3}, rng)
+    return root
+
+
+@pytest.mark.parametrize("samples", [10, 11, 13, 17, 24, 40])
+def test_imagenet_folder_stratified(folder, samples):
+    counts = _check_halves(P.load_imagenet_folder(folder / "even", samples, seed=3, size=32), samples, 5)
+    assert set(counts.tolist()) <= {samples // 5, samples // 5 + 1}  # as even as it goes
+    assert counts.sum() == samples
+
+
+def test_imagenet_folder_seeds(folder):
+    a = P.load_imagenet_folder(folder / "even", 15, seed=0, size=32)
+    b = P.load_imagenet_folder(folder / "even", 15, seed=0, size=32)
+    c = P.load_imagenet_folder(folder / "even", 15, seed=1, size=32)
+    for x, y in [(a.train, b.train), (a.test, b.test)]:
+        assert torch.equal(x.images, y.images) and torch.equal(x.labels, y.labels) and x.recipe == y.recipe
+    assert a.identity == b.identity and a.identity != c.identity
+    assert not torch.equal(a.train.images, c.train.images)
+    assert a.train.recipe != c.train.recipe and a.train.recipe != a.test.recipe
+    assert "stratified" in a.train.recipe[0]
+    # Which classes get the 3 extra images, and which images, are random: over a few seeds they vary.
+    draws = {tuple(P.load_imagenet_folder(folder / "even", 13, seed=s, size=32).train.labels.tolist())
+             for s in range(6)}
+    assert len(draws) > 1
+
+
+@pytest.mark.parametrize("samples", [10, 12, 25, 30, 35])
+def test_imagenet_folder_uneven(folder, samples):
+    """n04 has only 3 images: it gives all 3 when its share is larger, and the rest goes to the others."""
+    counts = _check_halves(P.load_imagenet_folder(folder / "uneven", samples, seed=2, size=32), samples, 5)
+    share = samples // 5
+    if share >= 3:
+        assert counts[4] == 3
+        rest = samples - 3
+        assert set(counts[:4].tolist()) <= {rest // 4, rest // 4 + 1}
+    else:
+        assert set(counts.tolist()) <= {share, share + 1}
+    assert counts.sum() == samples
+
+
+def test_imagenet_folder_too_few(folder, tmp_path):
+    with pytest.raises(ValueError, match=r"samples=9 cannot give both halves an image of each of the 5 classes: "
+                                         r"give samples >= 10"):
+        P.load_imagenet_folder(folder / "even", 9)
+    with pytest.raises(ValueError, match=r"samples must be in \[10, 35\]"):
+        P.load_imagenet_folder(folder / "uneven", 36)
+    _image_folder(tmp_path / "val", {"n00": 4, "n01": 1, "n02": 3}, np.random.default_rng(0))
+    (tmp_path / "val" / "n03").mkdir()  # an empty class folder is a class with no images
+    with pytest.raises(ValueError, match=r"2 class folder\(s\) .* fewer than 2 images: n01 \(1\), n03 \(0\)"):
+        P.load_imagenet_folder(tmp_path / "val", 8)
