@@ -11,13 +11,13 @@ from pathlib import Path
 import torch
 
 import stitchlib
-from stitchlib.experiments import PROFILES
+from stitchlib.experiments.connectivity import ConnectivityParams
 from stitchlib.training import RECIPES, as_nhwc, channels_last
 
 out = Path(sys.argv[1] if len(sys.argv) > 1 else "bench/results")
 out.mkdir(parents=True, exist_ok=True)
 dev = stitchlib.training.resolve_device("auto")
-paper = PROFILES["connectivity"]["paper"]
+paper = ConnectivityParams.profile_values("paper")
 models = [("resnet18", {"width": w}, paper["epochs"]) for w in paper["widths"]]
 for arch, opts in paper["architectures"].items():
     opts = dict(opts)

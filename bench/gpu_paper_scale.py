@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 import stitchlib
-from stitchlib.experiments import PROFILES
+from stitchlib.experiments.connectivity import ConnectivityParams
 from stitchlib.models import split
 from stitchlib.training import as_nhwc, channels_last
 
@@ -71,7 +71,7 @@ for width in (0.5, 1.0, 2.0):
     speeds[width] = {"train_img_s": round(train), "stitch_img_s": round(stitch)}
     print(width, speeds[width], flush=True)
 
-paper = PROFILES["connectivity"]["paper"]
+paper = ConnectivityParams.profile_values("paper")
 pairs = len(paper["seeds"]) // 2
 base_h = sum(2 * pairs * paper["epochs"] * paper["train_samples"] / speeds[w]["train_img_s"] for w in paper["widths"]) / 3600
 stitch_h = sum(2 * pairs * 10 * paper["stitch_epochs"] * paper["stitch_samples"] / speeds[w]["stitch_img_s"]

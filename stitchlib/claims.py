@@ -16,21 +16,24 @@ a claim re-checks stored results instead of recomputing them.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import math
 
 import numpy as np
 import pandas as pd
 
-from .experiments import Results, write_csv
+from .tables import write_csv
 from .paper import paper_note, paper_value
 from .statistics import bootstrap_weights, interval, verdict
+
+if TYPE_CHECKING:
+    from .experiments import Results
 
 __all__ = ["check_claims", "summary_table", "summarize", "table1"]
 
 RANDOM_CONTROL_FAMILIES = ("ResNet-18",)
 CLAIM_COLUMNS = ["claim", "model", "statistic", "low", "high", "threshold", "paper", "verdict", "pairs", "worst_cut"]
-_CSV_PREFIX = {"connectivity": "01_connectivity", "ssl_vs_e2e": "02_ssl_vs_e2e", "label_noise": "03_label_noise",
-               "more_is_better": "04_more_is_better", "ablations": "05_ablations"}
 # The columns of a results table that hold numbers per row; the rest say what the row is.
 _VALUES = {"error_init", "error", "top_error", "bottom_error", "penalty_init", "penalty", "cka", "pair_index",
            "seed_top", "seed_bottom"}
@@ -136,7 +139,8 @@ class _Judge:
 
 # ------------------------------------------------------------------ the claims of each notebook
 
-def _connectivity_claims(j: _Judge, t: pd.DataFrame) -> None:
+def connectivity_claims(j: _Judge, results: Results) -> None:
+    t = results.table
     for (family, width), f in t.groupby(["family", "width"], sort=False):
         model = f"{family} w={width:g}"
         trained, random = f[f["bottom"] == "trained"], f[f["bottom"] == "random"]
@@ -162,33 +166,38 @@ def _beyond_weaker(f: pd.DataFrame) -> dict:
     return out
 
 
-def _ssl_claims(j: _Judge, t: pd.DataFrame) -> None:
-    cifar = t[t["panel"] == "CIFAR-10"]
-    for direction in ("SSS into E2E", "E2E into SSS"):
-        f = cifar[cifar["direction"] == direction]
+def ssl_claims(j: _Judge, results: Results) -> None:
+    t = results.table
+    cifar = t[t["panel_id"] == "cifar10"]
+
+    def between(top, bottom):
+        return cifar[(cifar["top_role"] == top) & (cifar["bottom_role"] == bottom)]
+
+    directions = {"SSS into E2E": between("e2e", "sss"), "E2E into SSS": between("sss", "e2e")}
+    for direction, f in directions.items():
         j.every_cut("(a) SSS and E2E are stitching-connected: penalty at every cut (points; the paper's statistic)",
                     direction, f, "<=", "ssl_cifar")
-    seeds = _beyond_weaker(cifar[cifar["direction"] == "E2E into E2E"])
-    for direction in ("SSS into E2E", "E2E into SSS"):
-        stat = difference(_beyond_weaker(cifar[cifar["direction"] == direction]), seeds)
+    seeds = _beyond_weaker(between("e2e", "e2e"))
+    for direction, f in directions.items():
+        stat = difference(_beyond_weaker(f), seeds)
         j.claim("(a') adapted, for an SSS model weaker than E2E: mean error over the cuts beyond the weaker network, "
                 "minus the same for two supervised seeds (points; not the paper's statistic)", direction, stat, "<=",
                 "ssl_cifar")
-    cka = difference(mean_over_cuts(cifar[cifar["direction"] == "E2E into E2E"], "cka"),
-                     mean_over_cuts(cifar[cifar["direction"] == "SSS into E2E"], "cka"))
+    cka = difference(mean_over_cuts(between("e2e", "e2e"), "cka"), mean_over_cuts(between("e2e", "sss"), "cka"))
     j.claim("(b) yet CKA calls them less similar: mean CKA over the cuts of the seed pair minus SSS-E2E's", "CKA", cka,
             ">", "cka_ssl")
-    for pair, f in t[t["panel"] == "ImageNet"].groupby("pair", sort=False):
+    for pair, f in t[t["panel_id"] == "imagenet"].groupby("pair", sort=False):
         j.every_cut("(c) ImageNet: a self-supervised ResNet-50 stitches into the supervised one: penalty at every "
                     "cut (points; one network each, test-set interval only)", pair, f, "<=", "ssl_imagenet",
                     fixed_networks=True)
 
 
-def _label_noise_claims(j: _Judge, t: pd.DataFrame) -> None:
+def label_noise_claims(j: _Judge, results: Results) -> None:
     """Each weak bottom against the clean reference bottom (another seed on clean labels): "as good
     as the clean model's" is measured as the excess of its mean penalty over the first half."""
-    clean = mean_over_cuts(first_half(t[t["labels"] == "clean"]))
-    for pair, f in t[t["labels"] != "clean"].groupby("pair", sort=False):
+    t = results.table
+    clean = mean_over_cuts(first_half(t[t["bottom_role"] == "clean"]))
+    for pair, f in t[t["bottom_role"] != "clean"].groupby("pair", sort=False):
         stat = difference(mean_over_cuts(first_half(f)), clean)
         if f["noise"].iloc[0] == 1.0:
             j.claim("(b) except with 100% label noise: its mean penalty over the first half of the cuts minus the clean "
@@ -198,12 +207,12 @@ def _label_noise_claims(j: _Judge, t: pd.DataFrame) -> None:
                     "half of the cuts minus the clean seed's (points)", pair, stat, "<=", "label_early")
 
 
-def _more_is_better_claims(j: _Judge, results: Results) -> None:
+def more_is_better_claims(j: _Judge, results: Results) -> None:
     t, p = results.table, results.setup.params
-    stitched = t[t["penalty"].notna()]
+    stitched = t[t["comparison"] == "stitch"]
 
     def pair(panel, value):
-        return stitched[(stitched["panel"] == panel) & (stitched["value"] == value)]
+        return stitched[(stitched["panel_id"] == panel) & (stitched["value"] == value)]
 
     def helps(what, frame, model):
         j.claim(f"(a) {what} plugs in and helps: mean penalty over the later half of the cuts (points)", model,
@@ -212,21 +221,21 @@ def _more_is_better_claims(j: _Judge, results: Results) -> None:
     helps("a bottom trained on more samples", pair("samples", p["samples"]),
           f"{p['samples']:,} samples into {p['top_samples']:,}")
     one, wide, narrow = p["width"], max(p["widths"]), min(p["widths"])
-    into_one, from_one = f"width: bottoms into the {one:g} top", f"width: the {one:g} bottom into tops"
+    into_one, from_one = "width_bottoms", "width_tops"
     if wide > one:
         helps("a wider bottom", pair(into_one, wide), f"width {wide:g} into {one:g}")
     if narrow < one:
         helps("a wider bottom", pair(from_one, narrow), f"width {one:g} into {narrow:g}")
     latest, first = max(p["checkpoint_epochs"]), min(p["checkpoint_epochs"])
     if latest > p["top_epoch"]:
-        helps("a bottom trained longer", pair("training time", float(latest)),
+        helps("a bottom trained longer", pair("training_time", float(latest)),
               f"epoch {latest:g} into epoch {p['top_epoch']:g}")
     for frame, model in ((pair(into_one, narrow), f"width {narrow:g} into {one:g}"),
                          (pair(from_one, wide), f"width {one:g} into {wide:g}")):
         if not frame.empty and model.split()[1] != model.split()[3]:
             j.claim("(b) a narrower bottom does not help: mean penalty over the later half of the cuts (points)", model,
                     mean_over_cuts(later_half(frame)), ">=", "better")
-    early = pair("training time", float(first))
+    early = pair("training_time", float(first))
     j.claim("(c) early layers converge first: mean penalty over the later half minus over the first half (points)",
             f"epoch {first:g} into epoch {p['top_epoch']:g}",
             difference(mean_over_cuts(later_half(early)), mean_over_cuts(first_half(early))), ">", "training_time")
@@ -244,17 +253,19 @@ def _more_is_better_claims(j: _Judge, results: Results) -> None:
             "freeze training", stat, "<=", "freeze", note="" if stat else "no stage qualified")
 
 
-def _ablation_claims(j: _Judge, t: pd.DataFrame) -> None:
-    kernel = t[(t["panel"] == "kernel size") & t["penalty"].notna()]
+def ablation_claims(j: _Judge, results: Results) -> None:
+    t = results.table
+    kernel = t[(t["panel_id"] == "kernel_size") & t["penalty"].notna()]
     maps = kernel["cut_index"].isin(kernel[kernel["value"] != 1]["cut_index"])  # the cuts every k stitches
     base = mean_over_cuts(kernel[maps & (kernel["value"] == 1)])
     for k, f in kernel[maps & (kernel["value"] != 1)].groupby("value"):
         j.claim("(a) the kernel size barely matters: mean penalty over the feature-map cuts minus k = 1's (points)",
                 f"k = {k:g}", difference(mean_over_cuts(f), base), "within", "kernel")
-    ft = t[t["panel"] == "fine-tuning vs stitching"]
+    ft = t[t["panel_id"] == "finetune"]
     j.claim("(b) fine-tuning makes a random bottom look better than stitching does: mean penalty over the cuts of "
             "stitching minus fine-tuning (points)", "random bottom",
-            difference(mean_over_cuts(ft[ft["pair"] == "stitching"]), mean_over_cuts(ft[ft["pair"] == "fine-tuning"])),
+            difference(mean_over_cuts(ft[ft["comparison"] == "stitch"]),
+                       mean_over_cuts(ft[ft["comparison"] == "finetune"])),
             ">", "finetune")
 
 
@@ -273,21 +284,11 @@ def check_claims(results: Results, *, write: bool = True) -> pd.DataFrame:
     (b) CKA; (c) each ImageNet pair, when that panel ran. ablations: (a) each kernel size,
     (b) fine-tuning vs stitching.
     """
-    experiment = results.setup.experiment
     j = _Judge(results.setup.params["confidence"])
-    if experiment == "connectivity":
-        _connectivity_claims(j, results.table)
-    elif experiment == "label_noise":
-        _label_noise_claims(j, results.table)
-    elif experiment == "ssl_vs_e2e":
-        _ssl_claims(j, results.table)
-    elif experiment == "ablations":
-        _ablation_claims(j, results.table)
-    else:
-        _more_is_better_claims(j, results)
+    results.experiment.claims(j, results)
     claims = pd.DataFrame(j.rows, columns=CLAIM_COLUMNS)
     if write:
-        prefix = _CSV_PREFIX[experiment]
+        prefix = results.experiment.notebook
         write_csv(claims, results.setup.figures / f"{prefix}_claims.csv")
         write_csv(summary_table(results), results.setup.figures / f"{prefix}_summary.csv")
         write_csv(results.models, results.setup.figures / f"{prefix}_models.csv")
@@ -334,11 +335,12 @@ def table1(results: Results) -> pd.DataFrame:
     src = results.sources
     conn, ssl = summary_table(src["connectivity"]), summary_table(src["ssl_vs_e2e"])
     noise, more = summary_table(src["label_noise"]), summary_table(src["more_is_better"])
-    seeds = conn[(conn["bottom"] == "trained") & (conn["family"] == "ResNet-18")]
-    weak = noise[(noise["labels"] != "clean") & (noise["noise"] != 1.0)]
-    cka_only = more[more["pair"].str.contains("CKA only")]
+    seeds = conn[(conn["bottom_role"] == "trained") & (conn["panel_id"] == "seeds") & (conn["arch"] == "resnet18")]
+    weak = noise[(noise["bottom_role"] != "clean") & (noise["noise"] != 1.0)]
+    cka_only = more[more["comparison"] == "cka_only"]
+    sss = ssl[(ssl["panel_id"] == "cifar10") & (ssl["top_role"] == "e2e") & (ssl["bottom_role"] == "sss")]
     ours_cka = (_cka_extremes(seeds, "ResNet-18 seed pairs"),
-                _cka_extremes(ssl[ssl["direction"] == "SSS into E2E"], "SimCLR vs supervised ResNet-18"),
+                _cka_extremes(sss, "SimCLR vs supervised ResNet-18"),
                 _cka_extremes(weak, "coarse, noise < 100%"),
                 "; ".join(_cka_extremes(f, pair.replace(" (CKA only)", ""))
                           for pair, f in cka_only.groupby("pair", sort=False)))
@@ -382,10 +384,8 @@ def summarize(results: Results, claims: pd.DataFrame) -> None:
         print(results.models.to_string(index=False))
         print("\nclaims (mean over seed pairs, interval [low, high]):")
         print(claims.drop(columns=["paper"]).to_string(index=False))
-        if results.setup.experiment == "connectivity":
-            groups, columns = summary.groupby("family", sort=False), ["width", "bottom"]
-        else:
-            groups, columns = summary.groupby("panel", sort=False), ["pair"]
+        by, columns = results.experiment.summary_by
+        groups, columns = summary.groupby(by, sort=False), list(columns)
         for name, f in groups:
             for value in ("penalty", "cka"):
                 if f[value].isna().all():

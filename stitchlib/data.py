@@ -51,6 +51,11 @@ __all__ = [
 ]
 
 DATASETS = ("cifar10", "fashion_mnist")
+# What planning needs to know of each dataset without loading it: split sizes, classes, image shape.
+DATASET_INFO = {
+    "cifar10": dict(train=50000, test=10000, num_classes=10, shape=(3, 32, 32)),
+    "fashion_mnist": dict(train=60000, test=10000, num_classes=10, shape=(1, 28, 28)),
+}
 
 CIFAR10_CLASSES = (
     "airplane", "automobile", "bird", "cat", "deer",
@@ -480,8 +485,38 @@ def _load_from(name: str, root: pathlib.Path, source: _Source) -> Dataset:
         _write_cache(path, {"key": key, "name": name, "source": source.label, "classes": list(classes),
                             "sha256": digest, **{k: arrays[k] for k in _ARRAY_KEYS}})
     mean, std = _mean_std(train.images)
+    identity = {"name": name, "source": source.label, "sha256": digest}
+    _remember_identity(root, identity)
     return Dataset(name=name, train=train, test=test, classes=list(train.classes), mean=mean, std=std,
-                   identity={"name": name, "source": source.label, "sha256": digest})
+                   identity=identity)
+
+
+def _identity_path(root: pathlib.Path, name: str) -> pathlib.Path:
+    return root / "cache" / f"{name}.identity.json"
+
+
+def _remember_identity(root: pathlib.Path, identity: dict) -> None:
+    """Note the identity of the data last loaded from `root`, so that a plan can name the store keys
+    of its tasks without loading (decoding and hashing) the images."""
+    path = _identity_path(root, identity["name"])
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(identity, sort_keys=True))
+        os.replace(tmp, path)
+    except OSError:
+        pass  # only planning reads it, and a plan without it says so
+
+
+def last_identity(name: str, root: str | os.PathLike | None = None) -> dict | None:
+    """The identity of dataset `name` as last loaded from `root` (``data_dir()`` by default), or
+    None if it never was: what a plan uses to find its tasks in the store without loading data."""
+    root = pathlib.Path(root).expanduser().resolve() if root is not None else data_dir()
+    try:
+        identity = json.loads(_identity_path(root, name).read_text())
+    except (OSError, ValueError):
+        return None
+    return identity if isinstance(identity, dict) and identity.get("name") == name else None
 
 
 def _try_sources(name: str, root: pathlib.Path, sources, problems: list[str]) -> Dataset | None:

@@ -139,9 +139,7 @@ def plot(results, folder: Path | None = None, *, caption: str | None = None) -> 
     caption += f"; mean over seed pairs, bands: {confidence:.0%} intervals"
     sns.set_theme(context="paper", style="ticks")
     summary = summary_table(results)
-    figures = {"connectivity": _connectivity, "ssl_vs_e2e": _ssl_vs_e2e, "label_noise": _label_noise,
-               "more_is_better": _more_is_better, "ablations": _ablations}[results.setup.experiment](
-        results, summary, caption)
+    figures = results.experiment.figures(results, summary, caption)
     paths = [path for name, fig in figures.items() for path in save_figure(fig, folder, name)]
     return {**figures, "paths": paths}
 
@@ -150,7 +148,7 @@ def _paper(key: str, what: str = "paper") -> tuple[float, str]:
     return paper_value(key), f"{what} {paper_value(key):g} points"
 
 
-def _connectivity(results, t: pd.DataFrame, caption: str) -> dict:
+def connectivity_figures(results, t: pd.DataFrame, caption: str) -> dict:
     """Fig. 2A (stitching penalty per cut, another seed vs a random network, one panel per model;
     after training the stitcher and at its least-squares initialisation) and Fig. 5 (CKA)."""
     t = t.copy()
@@ -164,7 +162,7 @@ def _connectivity(results, t: pd.DataFrame, caption: str) -> dict:
             "fig5_cka": _grid(panels, ["cka"], _titled("CKA at the same cuts (Fig. 5)", caption), **line)}
 
 
-def _label_noise(results, t: pd.DataFrame, caption: str) -> dict:
+def label_noise_figures(results, t: pd.DataFrame, caption: str) -> dict:
     """Fig. 3A: each weak bottom into the clean top, penalty after training and at init, and CKA."""
     # The claim: over the first half of the cuts, a weak bottom's penalty is within 3 points of the
     # clean seed's (the paper's 'close'); drawn as the clean curve + 3 there.
@@ -172,27 +170,29 @@ def _label_noise(results, t: pd.DataFrame, caption: str) -> dict:
     first_half = sorted(t["cut_index"].unique())[: t["cut_index"].nunique() // 2]
     fig = _grid({"bottoms into a clean-label top": t}, ["penalty", "penalty_init", "cka"],
                 _titled("Changing the label distribution (Fig. 3A)", caption), hue="pair",
-                relative=("clean labels", [bound], f"paper: clean + {bound:g} points (claim: mean over these cuts)",
+                relative=(t[t["bottom_role"] == "clean"]["pair"].iloc[0], [bound], f"paper: clean + {bound:g} points (claim: mean over these cuts)",
                           first_half))
     return {"fig3a_label_noise": fig}
 
 
-def _more_is_better(results, t: pd.DataFrame, caption: str) -> dict:
+def more_is_better_figures(results, t: pd.DataFrame, caption: str) -> dict:
     """Figs. 2C (samples), 3B (training time), 3C (width, both directions), 7 (CKA for the
     three) and 9 (freeze training)."""
-    panels = {name: f for name, f in t.groupby("panel", sort=False)}
-    stitched = {name: f for name, f in panels.items() if f["penalty"].notna().any()}
-    widths = {name: f for name, f in stitched.items() if name.startswith("width")}
+    def panel(*ids):
+        return t[t["panel_id"].isin(ids)]
+
+    # The two stitched width directions, each titled with its display name.
+    widths = {f["panel"].iloc[0]: f for _, f in panel("width_bottoms", "width_tops").groupby("panel_id", sort=False)}
     rows = ["penalty", "penalty_init"]
     figures = {
-        "fig2c_samples": _grid({"samples": stitched["samples"]}, rows,
+        "fig2c_samples": _grid({"samples": panel("samples")}, rows,
                                _titled("More samples (Fig. 2C)", caption), hue="pair"),
-        "fig3b_training_time": _grid({"training time": stitched["training time"]}, rows,
+        "fig3b_training_time": _grid({"training time": panel("training_time")}, rows,
                                      _titled("More training time (Fig. 3B)", caption), hue="pair"),
         "fig3c_width": _grid(widths, rows, _titled("More width (Fig. 3C)", caption), hue="pair"),
     }
-    cka = {"samples": panels["samples"], "training time": panels["training time"],
-           "width": pd.concat([f for name, f in panels.items() if name.startswith("width")])}
+    cka = {"samples": panel("samples"), "training time": panel("training_time"),
+           "width": panel("width_bottoms", "width_tops", "width_cka")}
     figures["fig7_more_cka"] = _grid(cka, ["cka"], _titled("More is similar with CKA? (Fig. 7)", caption),
                                      hue="pair")
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
@@ -207,41 +207,41 @@ def _more_is_better(results, t: pd.DataFrame, caption: str) -> dict:
     return figures
 
 
-def _ablations(results, t: pd.DataFrame, caption: str) -> dict:
+def ablation_figures(results, t: pd.DataFrame, caption: str) -> dict:
     """Fig. 4 (kernel size), Fig. 8 (fine-tuning vs stitching a random bottom), and the two
     ablations the paper could not run: BatchNorm policy and the stitcher's initialisation."""
-    panels = {name: f for name, f in t.groupby("panel", sort=False)}
-    kernel = panels["kernel size"]
+    panels = {name: f for name, f in t.groupby("panel_id", sort=False)}
+    kernel = panels["kernel_size"]
     # The kernel claim averages the cuts every k stitches (feature maps, not the pooled vector).
-    maps = sorted(kernel[(kernel["pair"] != "k = 1") & kernel["penalty"].notna()]["cut_index"].unique())
+    maps = sorted(kernel[(kernel["value"] != 1) & kernel["penalty"].notna()]["cut_index"].unique())
     family = results.setup.params["finetune_arch"]
     depth = family.get("depth", 164)
     return {
         # The claim: each k's penalty within 3 points of k = 1's (drawn as k = 1's curve +- 3).
         "fig4_kernel_size": _grid({"kernel size": kernel}, ["penalty"],
                                   _titled("Stitcher kernel size (Fig. 4)", caption), hue="pair",
-                                  relative=("k = 1", [-paper_value("kernel"), paper_value("kernel")],
+                                  relative=(kernel[kernel["value"] == 1]["pair"].iloc[0],
+                                            [-paper_value("kernel"), paper_value("kernel")],
                                             f"paper: k = 1 +- {paper_value('kernel'):g} points (claim: mean over "
                                             "these cuts)", maps or None)),
-        "fig8_finetuning": _grid({f"ResNet-{depth}: random bottom, trained top": panels["fine-tuning vs stitching"]},
+        "fig8_finetuning": _grid({f"ResNet-{depth}: random bottom, trained top": panels["finetune"]},
                                  ["penalty"], _titled("Fine-tuning vs stitching (Fig. 8)", caption), hue="pair",
                                  rows={"penalty": ("", "test error minus the trained top's (points)")}),
-        "ablation_bn_init": _grid({"BatchNorm policy": panels["BatchNorm policy"],
-                                   "initialisation": panels["initialisation"]}, ["penalty", "penalty_init"],
+        "ablation_bn_init": _grid({"BatchNorm policy": panels["bn_policy"], "initialisation": panels["init"]}, ["penalty", "penalty_init"],
                                   _titled("BatchNorm policy and initialisation", caption), hue="pair",
                                   rows={"penalty_init": ("at initialisation", "stitching penalty (points)")}),
     }
 
 
-def _ssl_vs_e2e(results, t: pd.DataFrame, caption: str) -> dict:
+def ssl_figures(results, t: pd.DataFrame, caption: str) -> dict:
     """Fig. 6: SSS into E2E, E2E into SSS and two supervised seeds, penalty and CKA; Fig. 2B
     when the ImageNet panel ran."""
-    panels = {name: f for name, f in t.groupby("panel", sort=False)}
-    figures = {"fig6_ssl_vs_e2e": _grid({"CIFAR-10, ResNet-18": panels["CIFAR-10"]}, ["penalty", "penalty_init", "cka"],
+    panels = {name: f for name, f in t.groupby("panel_id", sort=False)}
+    figures = {"fig6_ssl_vs_e2e": _grid({"CIFAR-10, ResNet-18": panels["cifar10"]}, ["penalty", "penalty_init", "cka"],
                                         _titled("Self-supervised vs supervised (Fig. 6)", caption), hue="pair",
                                         reference=_paper("ssl_cifar", "paper: up to"))}
-    if "ImageNet" in panels:
-        figures["fig2b_imagenet"] = _grid({"ImageNet, ResNet-50": panels["ImageNet"]}, ["penalty", "cka"],
+    if "imagenet" in panels:
+        figures["fig2b_imagenet"] = _grid({"ImageNet, ResNet-50": panels["imagenet"]}, ["penalty", "cka"],
                                           "Self-supervised into supervised on ImageNet (Fig. 2B)", hue="pair",
                                           reference=_paper("ssl_imagenet", "paper: up to"))
     return figures

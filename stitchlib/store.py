@@ -74,20 +74,23 @@ class CorruptArtifactWarning(UserWarning):
 # --------------------------------------------------------------------------- versions and roots
 
 
-# Modules that only read results (figures, claim verdicts) or re-export names: changing them
-# must not invalidate what is stored. (The package version is part of code_version anyway.)
-NOT_VERSIONED = ("__init__.py", "claims.py", "plotting.py", "paper.py", "statistics.py", "report.py")
+# The modules that compute what is stored: a stored artifact's key covers their source, and only
+# theirs. Editing a notebook's pipeline (stitchlib/experiments/ but compute.py), the claims, the
+# plots or the reports keeps every trained model; editing the training code does not.
+COMPUTING_MODULES = ("data.py", "models.py", "training.py", "ssl.py", "stitching.py", "similarity.py",
+                     "pretrained.py", "store.py", "experiments/compute.py")
 
 
-def _hash_sources(directory: pathlib.Path) -> str:
+def _hash_sources(directory: pathlib.Path, modules=COMPUTING_MODULES) -> str:
     h = hashlib.sha256()
-    for file in sorted(directory.glob("*.py"), key=lambda p: p.name):
-        if file.name in NOT_VERSIONED:
+    for name in sorted(modules):
+        file = directory / name
+        if not file.is_file():
             continue
         data = file.read_bytes()
         # Name and length frame each file so that renaming a module, or moving
         # bytes from one file to the next, also changes the digest.
-        h.update(file.name.encode("utf-8") + b"\0")
+        h.update(name.encode("utf-8") + b"\0")
         h.update(str(len(data)).encode("ascii") + b"\0")
         h.update(data)
     return h.hexdigest()
@@ -95,8 +98,7 @@ def _hash_sources(directory: pathlib.Path) -> str:
 
 @functools.lru_cache(maxsize=None)
 def code_version() -> str:
-    """``<stitchlib.__version__>+<12 hex of sha256 over stitchlib/*.py>`` (but NOT_VERSIONED), cached
-    per process."""
+    """``<stitchlib.__version__>+<12 hex of sha256 over COMPUTING_MODULES>``, cached per process."""
     from stitchlib import __version__
 
     return f"{__version__}+{_hash_sources(_PACKAGE_DIR)[:12]}"

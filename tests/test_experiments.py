@@ -7,6 +7,12 @@ import torch
 
 import stitchlib
 from stitchlib import experiments as E
+from stitchlib.experiments import compute as X
+from stitchlib.experiments import more_is_better as M
+from stitchlib.experiments import ssl_vs_e2e as SSLE
+from stitchlib.experiments.core import Splits
+from stitchlib.experiments.tasks import RandomModel, TrainedModel
+from stitchlib.pretrained import IMAGENET_WEIGHTS
 from stitchlib.store import CorruptArtifactWarning
 from stitchlib.training import RECIPES
 
@@ -79,9 +85,9 @@ def test_second_run_loads_instead_of_training(tiny, monkeypatch):
     def forbidden(*a, **k):
         raise AssertionError("recomputed although the store holds the result")
 
-    monkeypatch.setattr(E, "train_model", forbidden)
-    monkeypatch.setattr(E, "stitch", forbidden)
-    monkeypatch.setattr(E, "CKAAccumulator", forbidden)
+    monkeypatch.setattr(X, "train_model", forbidden)
+    monkeypatch.setattr(X, "stitch", forbidden)
+    monkeypatch.setattr(X, "CKAAccumulator", forbidden)
     second = stitchlib.connectivity(tiny).table
     assert_tables_equal(first, second)
 
@@ -96,12 +102,10 @@ def test_corrupt_artifact_is_recomputed_with_a_warning(tiny):
 
 
 def test_random_control_shares_no_weight_with_trained_networks(tiny):
-    ds = tiny.dataset
-    train = stitchlib.data.subset(ds.train, 512, seed=0)
-    test = stitchlib.data.subset(ds.test, 256, seed=0)
-    trained, _ = E.base_model(tiny, width=0.0625, seed=0, train_split=train, test_split=test,
-                              recipe=E.Recipe(epochs=1.0))
-    random, _ = E.random_model(tiny, width=0.0625, seed=100, num_classes=10)
+    splits = Splits.of(tiny.p)
+    trained, _ = tiny.runner.model(TrainedModel("trained", "resnet18", 0.0625, 0, splits.train, splits.test,
+                                                stitchlib.training.Recipe(epochs=1.0)))
+    random, _ = tiny.runner.model(RandomModel("random", "resnet18", 0.0625, 100, 10))
     tp = {k: v for k, v in trained.state_dict().items() if v.is_floating_point()}
     rp = random.state_dict()
     ptrs = {v.data_ptr() for v in tp.values()}
@@ -116,10 +120,11 @@ def test_random_control_shares_no_weight_with_trained_networks(tiny):
     (dict(arch="vgg11"), ValueError, "unknown architecture 'vgg11'"),
     (dict(widths=[0.5, 0]), ValueError, "widths must be a non-empty list of numbers > 0"),
     (dict(widths=[]), ValueError, "widths must be a non-empty list"),
-    (dict(train_samples=60000), ValueError, "train_samples=60000 exceeds the 50000 images"),
+    (dict(train_samples=60000), ValueError, r"train_samples=60000 must be in \[1, 50000\] \(the training split"),
     (dict(train_samples="5000"), TypeError, "parameter 'train_samples' must be int, got str '5000'"),
     (dict(epochs=True), TypeError, "parameter 'epochs' must be int or float"),
-    (dict(stitch_samples=20000, train_samples=10000), ValueError, "stitch_samples=20000 must be <= train_samples"),
+    (dict(stitch_samples=20000, train_samples=10000), ValueError,
+     r"stitch_samples=20000 must be in \[1, 10000\] \(drawn from the base top's train_samples"),
     (dict(seeds=[0, 1]), ValueError, "an interval needs at least two pairs"),
     (dict(seeds=[0, 1, 2]), ValueError, "an even number of seeds, at least 4"),
     (dict(seeds=[0, 1, 2, 2]), ValueError, "seeds must list distinct ints"),
@@ -144,7 +149,7 @@ def test_bad_parameters_fail_before_any_work(tmp_path, kwargs, error, match):
 def test_unknown_profile_and_experiment():
     with pytest.raises(ValueError, match="unknown profile 'huge'.*paper.*smoke"):
         stitchlib.setup("connectivity", profile="huge")
-    with pytest.raises(ValueError, match="unknown experiment"):
+    with pytest.raises(ValueError, match="unknown experiment or notebook 'nope'; valid: .*01_connectivity"):
         stitchlib.setup("nope")
 
 
@@ -165,31 +170,31 @@ def _setup(tmp_path, experiment, **params):
 
 def _count_training(monkeypatch):
     trained = []
-    real = E.train_model
+    real = X.train_model
 
     def counting(model, split, *a, **k):
         trained.append(split.recipe)
         return real(model, split, *a, **k)
 
-    monkeypatch.setattr(E, "train_model", counting)
+    monkeypatch.setattr(X, "train_model", counting)
     return trained
 
 
 def test_a_checkpointed_run_whose_end_is_stored_trains_only_its_early_part(tmp_path, monkeypatch):
     """04's training-time run is 01's base model with checkpoints: with the end stored, only the
     run up to its last early checkpoint trains, and every checkpoint is what the full run gives."""
-    kw = dict(width=0.0625, seed=0, recipe=dataclasses.replace(RECIPES["resnet18"], epochs=1.0))
     full = _setup(tmp_path / "full", "connectivity", **TINY)
-    train, test, _, _ = E._splits(full)
-    _, whole = E.base_model(full, train_split=train, test_split=test, checkpoints=(0.25, 0.5, 1.0),
-                            keep_checkpoints=True, progress=False, **kw)
+    splits = Splits.of(full.p)
+    plain_task = TrainedModel("plain", "resnet18", 0.0625, 0, splits.train, splits.test,
+                              dataclasses.replace(RECIPES["resnet18"], epochs=1.0))
+    run_task = dataclasses.replace(plain_task, checkpoints=(0.25, 0.5, 1.0), keep_checkpoints=True)
+    _, whole = full.runner.model(run_task)
     reuse = _setup(tmp_path / "reuse", "connectivity", **TINY)
-    _, plain = E.base_model(reuse, train_split=train, test_split=test, progress=False, **kw)
+    _, plain = reuse.runner.model(plain_task)
     calls = []
-    real = E.train_model
-    monkeypatch.setattr(E, "train_model", lambda *a, **k: calls.append(k) or real(*a, **k))
-    _, part = E.base_model(reuse, train_split=train, test_split=test, checkpoints=(0.25, 0.5, 1.0),
-                           keep_checkpoints=True, progress=False, **kw)
+    real = X.train_model
+    monkeypatch.setattr(X, "train_model", lambda *a, **k: calls.append(k) or real(*a, **k))
+    _, part = reuse.runner.model(run_task)
     assert [(c["checkpoints"], c["until"]) for c in calls] == [((0.25, 0.5), 0.5)]
     assert part["curve"] == whole["curve"] and part["test_error"] == plain["test_error"]
     for epoch, (model, _) in whole["checkpoints"].items():
@@ -238,8 +243,8 @@ def test_more_is_better_panels_equal_steps_checkpoints_and_freeze_training(tmp_p
     assert samples[samples["pair"].str.contains("CKA only")]["penalty"].isna().all()
     assert set(t[t["panel"] == "training time"]["value"]) == {0.5, 1.0}
     # Every model of the samples experiment takes as many SGD steps as the base recipe.
-    base = E.Recipe(epochs=1.0)
-    steps = {n: E._equal_steps(s, base, n) for n in (256, 512, 1024, 50000)}
+    base = stitchlib.training.Recipe(epochs=1.0)
+    steps = {n: M.equal_steps(s.p, base, n) for n in (256, 512, 1024, 50000)}
     assert steps[512] == base and {r.steps for n, r in steps.items() if n != 512} == {4}
     assert steps[256].epochs == 2 and steps[1024].epochs == 0.5
     # Freeze training: a normal run and one with a frozen prefix (the threshold admits every
@@ -270,15 +275,15 @@ def test_more_is_better_panels_equal_steps_checkpoints_and_freeze_training(tmp_p
 
 def test_freeze_prefix_stops_at_the_first_costly_cut():
     table = pd.DataFrame(dict(cut_index=[2, 0, 1, 3], penalty=[0.5, 0.2, 4.0, 0.1]))
-    assert E._near_zero_prefix(table, 3.0) == 1  # cut 1 costs 4 points: only the stem qualifies
-    assert E._near_zero_prefix(table, 5.0) == 4
-    assert E._near_zero_prefix(table, 0.1) == 0
+    assert M.near_zero_prefix(table, 3.0) == 1  # cut 1 costs 4 points: only the stem qualifies
+    assert M.near_zero_prefix(table, 5.0) == 4
+    assert M.near_zero_prefix(table, 0.1) == 0
 
 
 @pytest.mark.parametrize("experiment,kwargs,error,match", [
-    ("more_is_better", dict(samples=60000), ValueError, "samples=60000 exceeds the 50000 images of the training"),
-    ("more_is_better", dict(samples=0), ValueError, "samples must be > 0, got 0"),
-    ("more_is_better", dict(fewer_samples=-5), ValueError, "fewer_samples must be > 0"),
+    ("more_is_better", dict(samples=60000), ValueError, r"samples=60000 must be in \[1, 50000\] \(the training split"),
+    ("more_is_better", dict(samples=0), ValueError, r"samples=0 must be in \[1, 50000\]"),
+    ("more_is_better", dict(fewer_samples=-5), ValueError, r"fewer_samples=-5 must be in \[1, 50000\]"),
     ("more_is_better", dict(samples=8000), ValueError, "fewer_samples < top_samples < samples"),
     ("more_is_better", dict(samples=2.5e4), TypeError, "parameter 'samples' must be int"),
     ("more_is_better", dict(checkpoint_epochs=[1.0, 9.0]), ValueError, r"epochs in \(0, epochs=4\]"),
@@ -287,7 +292,6 @@ def test_freeze_prefix_stops_at_the_first_costly_cut():
     ("more_is_better", dict(widths=[]), ValueError, "widths must be a non-empty list"),
     ("more_is_better", dict(width=0), ValueError, "width must be > 0"),
     ("more_is_better", dict(freeze_max_penalty=-1), ValueError, "freeze_max_penalty must be >= 0"),
-    ("more_is_better", dict(top_samples=1000), ValueError, "stitch_samples=2000 must be <= top_samples=1000"),
     ("label_noise", dict(noise=[0.1, 1.5]), ValueError, r"noise fractions in \[0, 1\], got \[0.1, 1.5\]"),
     ("label_noise", dict(noise=[-0.1]), ValueError, r"noise fractions in \[0, 1\]"),
     ("label_noise", dict(noise=[], coarse=False), ValueError, "nothing to compare"),
@@ -362,7 +366,7 @@ def test_ablations_kernel_bn_init_finetuning_and_table1(tmp_path):
     (dict(kernel_sizes=[0]), "kernel_sizes must list odd positive ints"),
     (dict(kernel_sizes=[]), "kernel_sizes must list odd positive ints"),
     (dict(finetune_arch={"depth": 12}), r"depth must be 9n \+ 2"),
-    (dict(finetune_arch={"width": 1.0, "lr": 1}), "finetune_arch must be a dict of width and depth"),
+    (dict(finetune_arch={"width": 1.0, "lr": 1}), r"finetune_arch \(the ResNet-164 family\) must be a dict of width and depth"),
     (dict(finetune_epochs=0), "finetune_epochs must be > 0"),
 ])
 def test_bad_parameters_of_05_fail_before_any_work(tmp_path, kwargs, match):
@@ -392,28 +396,31 @@ def test_ssl_vs_e2e_stitches_both_ways_and_says_what_imagenet_needs(tmp_path, mo
     (tmp_path / "val").mkdir()
     monkeypatch.setattr(torch.hub, "download_url_to_file", lambda *a, **k: (_ for _ in ()).throw(OSError("offline")))
     notes = []
-    assert E._imagenet_panel(_setup(tmp_path, "ssl_vs_e2e", **SSL, imagenet_dir=str(tmp_path / "val")), notes) is None
+    assert SSLE.imagenet_panel(_setup(tmp_path, "ssl_vs_e2e", **SSL, imagenet_dir=str(tmp_path / "val")), notes) is None
     assert "no class folders" in notes[0]
     from PIL import Image
     (tmp_path / "val" / "n01").mkdir()
     for i in range(4):
         Image.new("RGB", (40, 40), (i * 40, 0, 0)).save(tmp_path / "val" / "n01" / f"{i}.JPEG")
     notes = []
-    assert E._imagenet_panel(_setup(tmp_path, "ssl_vs_e2e", **SSL, imagenet_dir=str(tmp_path / "val"),
+    assert SSLE.imagenet_panel(_setup(tmp_path, "ssl_vs_e2e", **SSL, imagenet_dir=str(tmp_path / "val"),
                                     imagenet_samples=4), notes) is None
     assert "no supervised weights" in notes[0] and "offline" in notes[0] and "resnet50-0676ba61.pth" in notes[0]
 
 
 def test_the_sss_encoder_never_sees_a_label(tmp_path):
     s = _setup(tmp_path, "ssl_vs_e2e", **SSL)
-    train, test, _, _ = E._splits(s)
-    models = [E.base_model(s, width=0.0625, seed=1, train_split=train, test_split=test, recipe=E.Recipe(epochs=e),
-                           simclr_epochs=1.0, progress=False)[0].state_dict() for e in (1.0, 2.0)]
+    splits = Splits.of(s.p)
+
+    def model(epochs, simclr):
+        return s.runner.model(TrainedModel("m", "resnet18", 0.0625, 1, splits.train, splits.test,
+                                           stitchlib.training.Recipe(epochs=epochs), simclr_epochs=simclr))[0]
+
+    models = [model(e, 1.0).state_dict() for e in (1.0, 2.0)]
     # Different classifier training, identical features: labels reached only the classifier.
     assert all(torch.equal(models[0][k], models[1][k]) for k in models[0] if not k.startswith("stages.fc"))
     assert not torch.equal(models[0]["stages.fc.weight"], models[1]["stages.fc.weight"])
-    supervised = E.base_model(s, width=0.0625, seed=1, train_split=train, test_split=test,
-                              recipe=E.Recipe(epochs=1.0), progress=False)[0].state_dict()
+    supervised = model(1.0, None).state_dict()
     assert not torch.equal(models[0]["stages.stem.0.weight"], supervised["stages.stem.0.weight"])
 
 
@@ -424,9 +431,9 @@ def test_the_imagenet_panel_runs_on_a_folder_and_local_weights(tmp_path, monkeyp
     (tmp_path / "weights").mkdir()
     torch.manual_seed(0)
     sup = torchvision.models.resnet50(num_classes=1000).state_dict()
-    torch.save(sup, tmp_path / "weights" / E.IMAGENET_WEIGHTS["supervised"].file)
+    torch.save(sup, tmp_path / "weights" / IMAGENET_WEIGHTS["supervised"].file)
     torch.save({k: v for k, v in sup.items() if not k.startswith("fc.")},  # DINO layout: the same backbone
-               tmp_path / "weights" / E.IMAGENET_WEIGHTS["dino"].file)
+               tmp_path / "weights" / IMAGENET_WEIGHTS["dino"].file)
     for c in range(2):
         (tmp_path / "val" / f"n0{c}").mkdir(parents=True)
         for i in range(2):
@@ -434,7 +441,7 @@ def test_the_imagenet_panel_runs_on_a_folder_and_local_weights(tmp_path, monkeyp
     s = _setup(tmp_path, "ssl_vs_e2e", **{**SSL, "stitch_epochs": 0.0}, imagenet_dir=str(tmp_path / "val"),
                imagenet_weights=["dino"], imagenet_samples=4)
     notes = []
-    panel = E._imagenet_panel(s, notes)
+    panel = SSLE.imagenet_panel(s, notes)
     assert not notes and list(panel["pair"].unique()) == ["dino bottom into supervised top"]
     assert len(panel) == 18  # torchvision ResNet-50: stem, 16 blocks, pool
     # The same backbone on both sides: the least-squares stitcher reproduces the top exactly.

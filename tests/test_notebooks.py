@@ -10,11 +10,10 @@ import papermill
 import pytest
 import yaml
 
-from stitchlib.experiments import PROFILES
+from stitchlib.experiments import EXPERIMENTS
 
 ROOT = Path(__file__).resolve().parent.parent
-NOTEBOOKS = {"01_connectivity": "connectivity", "02_ssl_vs_e2e": "ssl_vs_e2e", "03_label_noise": "label_noise",
-             "04_more_is_better": "more_is_better", "05_ablations": "ablations"}
+NOTEBOOKS = {e.notebook: e.name for e in EXPERIMENTS.values()}
 
 
 @pytest.mark.parametrize("name", sorted(NOTEBOOKS))
@@ -34,8 +33,8 @@ def test_structure(name):
 @pytest.mark.parametrize("name", sorted(NOTEBOOKS))
 def test_parameters_are_typed_and_documented(name):
     params = papermill.inspect_notebook(str(ROOT / "notebooks" / f"{name}.ipynb"))
-    experiment = PROFILES[NOTEBOOKS[name]]
-    assert set(experiment["smoke"]) | {"profile", "device"} <= set(params)
+    declared = EXPERIMENTS[NOTEBOOKS[name]].Params.names()
+    assert set(declared) | {"profile", "device"} == set(params)
     for p in params.values():
         assert p["inferred_type_name"] != "None" and p["help"], p["name"]
 
@@ -48,8 +47,8 @@ def test_profile_yaml_matches_the_library(name, profile):
     assert values["profile"] == profile
     assert set(values) <= set(params), set(values) - set(params)
     for key, value in values.items():
-        if key in PROFILES[NOTEBOOKS[name]][profile]:
-            assert value == PROFILES[NOTEBOOKS[name]][profile][key], key
+        if key not in ("profile", "device"):
+            assert value == EXPERIMENTS[NOTEBOOKS[name]].Params.default(key, profile), key
 
 
 def test_the_users_papermill_command_works_from_any_directory(tmp_path):

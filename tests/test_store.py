@@ -75,35 +75,62 @@ def test_source_hash_tracks_every_byte_and_name(tmp_path):
     (tmp_path / "a.py").write_bytes(b"x = 1\n")
     (tmp_path / "b.py").write_bytes(b"y = 2\n")
     (tmp_path / "notes.txt").write_bytes(b"ignored")
-    base = store_mod._hash_sources(tmp_path)
+    base = store_mod._hash_sources(tmp_path, ("a.py", "b.py", "c.py"))
 
     (tmp_path / "notes.txt").write_bytes(b"still ignored")
-    assert store_mod._hash_sources(tmp_path) == base
+    assert store_mod._hash_sources(tmp_path, ("a.py", "b.py", "c.py")) == base
 
     (tmp_path / "b.py").write_bytes(b"y = 3\n")
-    changed = store_mod._hash_sources(tmp_path)
+    changed = store_mod._hash_sources(tmp_path, ("a.py", "b.py", "c.py"))
     assert changed != base
 
     (tmp_path / "b.py").rename(tmp_path / "c.py")
-    assert store_mod._hash_sources(tmp_path) != changed
+    assert store_mod._hash_sources(tmp_path, ("a.py", "b.py", "c.py")) != changed
 
 
-def test_modules_that_only_read_results_do_not_version_the_store(tmp_path):
-    (tmp_path / "experiments.py").write_bytes(b"x = 1\n")
-    for name in store_mod.NOT_VERSIONED:
-        (tmp_path / name).write_bytes(b"threshold = 1\n")
-    base = store_mod._hash_sources(tmp_path)
-    for name in store_mod.NOT_VERSIONED:
-        (tmp_path / name).write_bytes(b"threshold = 2\n")
-    assert store_mod._hash_sources(tmp_path) == base
-    (tmp_path / "experiments.py").write_bytes(b"x = 2\n")
-    assert store_mod._hash_sources(tmp_path) != base
-    # Neither module may feed anything the store keeps.
+def _package_copy(tmp_path):
+    import shutil
+
+    import stitchlib
+    copy = tmp_path / "stitchlib"
+    shutil.copytree(pathlib.Path(stitchlib.__file__).parent, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    return copy
+
+
+@pytest.mark.parametrize("edited", ["experiments/connectivity.py", "experiments/more_is_better.py",
+                                    "experiments/core.py", "experiments/params.py", "claims.py", "plotting.py",
+                                    "report.py", "statistics.py", "__main__.py", "__init__.py"])
+def test_editing_a_pipeline_keeps_every_stored_key(tmp_path, edited):
+    """A paper-profile user who edits a notebook's pipeline, a claim or a plot keeps every trained
+    model: keys cover only the modules that compute what is stored."""
+    copy = _package_copy(tmp_path)
+    base = store_mod._hash_sources(copy)
+    with open(copy / edited, "a") as f:
+        f.write("\n# an edit\n")
+    assert store_mod._hash_sources(copy) == base
+
+
+@pytest.mark.parametrize("edited", ["training.py", "models.py", "data.py", "stitching.py", "similarity.py",
+                                    "ssl.py", "experiments/compute.py"])
+def test_editing_what_computes_an_artifact_changes_its_key(tmp_path, edited):
+    copy = _package_copy(tmp_path)
+    base = store_mod._hash_sources(copy)
+    with open(copy / edited, "a") as f:
+        f.write("\n# an edit\n")
+    assert store_mod._hash_sources(copy) != base
+
+
+def test_every_computing_module_exists_and_readers_store_nothing():
     import stitchlib.claims
     import stitchlib.plotting
-    assert {"claims.py", "plotting.py"} <= set(store_mod.NOT_VERSIONED)
+    root = pathlib.Path(stitchlib.claims.__file__).parent
+    assert all((root / name).is_file() for name in store_mod.COMPUTING_MODULES)
+    # The modules outside the key may not feed anything the store keeps.
     for module in (stitchlib.claims, stitchlib.plotting):
         assert "Store" not in vars(module) and "cached" not in open(module.__file__).read()
+    for path in (root / "experiments").glob("*.py"):
+        if path.name != "compute.py":
+            assert ".cached(" not in path.read_text() and "train_model(" not in path.read_text(), path.name
 
 
 def test_env_var_moves_root(tmp_path, monkeypatch):

@@ -2,64 +2,21 @@
 `make refresh-notebooks`).
 
 Kept as a script so the notebooks' structure is reviewable as code; run it only when the cells
-change, then refresh the outputs. Every parameter is declared once, in HELP (with its type) and in
-`stitchlib.experiments.PROFILES` (its values per profile); the parameters cell, its help text and
-the YAML files are generated from the two. No measured number is written here: results are
+change, then refresh the outputs. Every parameter is declared once, in its experiment's parameter
+class (`stitchlib.experiments.<experiment>`: type, help, value per profile); the parameters cell
+and the YAML files are generated from it. No measured number is written here: results are
 rendered from the run's tables by `stitchlib.report` when a notebook runs.
 """
 from pathlib import Path
 
 import nbformat as nbf
-import yaml
 
-from stitchlib.experiments import PROFILES
+from stitchlib.experiments import EXPERIMENTS, PROFILES
+from stitchlib.experiments import make_plan
+from stitchlib.experiments.params import markdown_table, parameters_cell, profile_yaml
 from stitchlib.paper import REFERENCE
 
 HERE = Path(__file__).resolve().parent.parent / "notebooks"
-
-# name: (type, help). The profile's values are appended to the help ("None: smoke X, paper Y").
-HELP = {
-    "dataset": ("str", '"cifar10" or "fashion_mnist"'),
-    "arch": ("str", 'architecture ("resnet18": the CIFAR ResNet-18 of the paper)'),
-    "width": ("float", "width multiplier of every model (first layer 64 x width)"),
-    "widths": ("list", "width multipliers (first layer 64 x w)"),
-    "seeds": ("list", "seeds in (top, bottom) pairs: [t0, b0, t1, b1, ...]; an even number, at least 4 (two "
-                      "independent seed pairs, for an interval)"),
-    "confidence": ("float", "confidence level of every interval, in (0, 1)"),
-    "random_seed": ("int", "seed of the untrained random-network control (plus the pair's index)"),
-    "train_samples": ("int", "training images per base model"),
-    "test_samples": ("int", "test images for every error (all models of a run see the same ones)"),
-    "epochs": ("float", "base-model epochs of the paper's recipe"),
-    "stitch_samples": ("int", "training images the stitcher sees (at most those its top was trained on)"),
-    "stitch_epochs": ("float", "stitcher epochs (Adam, cosine schedule); 0: least-squares init only"),
-    "stitch_lr": ("float", "stitcher learning rate (the paper's is 1e-3; the short smoke stitcher needs a larger one)"),
-    "ls_samples": ("int", "images for the stitcher's least-squares initialisation"),
-    "cka_samples": ("int", "test images for CKA (at most test_samples)"),
-    "cka_estimator": ("str", '"exact" (biased linear CKA, Kornblith 2019) or "minibatch" (Nguyen 2021)'),
-    "architectures": ("dict", "other panels: {arch: {width, depth, epochs}} for preact_resnet, myrtle, vit"),
-    "disjoint": ("bool", "add the panel of two ResNet-18s trained on disjoint halves of the training images"),
-    "noise": ("list", "label-noise fractions p: round(p x N) labels drawn uniformly at random"),
-    "coarse": ("bool", "add the bottom trained on Objects vs Animals (Appendix A.2)"),
-    "samples": ("int", 'training images of the "more samples" bottom (Fig. 2C), at most the 50000 of the '
-                       "training split"),
-    "fewer_samples": ("int", 'training images of the "fewer samples" bottom, which freeze training takes its '
-                             "frozen layers from"),
-    "top_samples": ("int", "training images of the samples experiment's top (and of its equal-samples bottom)"),
-    "checkpoint_epochs": ("list", "checkpoints of the training-time run (at most epochs)"),
-    "top_epoch": ("float", "the checkpoint they are stitched into"),
-    "freeze_max_penalty": ("float", '"near zero" for freeze training: a stage is frozen if the mean penalty at '
-                                    "every cut up to it is at most this (points)"),
-    "kernel_sizes": ("list", "stitcher kernel sizes k (odd, > 0); k > 1 skips the pooled-vector cut"),
-    "finetune_arch": ("dict", "the ResNet-164 family for fine-tuning vs stitching: {width, depth (9n + 2)}"),
-    "finetune_epochs": ("float", "epochs of training for the re-initialised top layers above each cut"),
-    "simclr_epochs": ("float", "SimCLR epochs of the SSS model (SGD, lr 0.06 x batch/256, cosine, batch 256)"),
-    "probe_epochs": ("float", "epochs of its linear classifier on the frozen features"),
-    "imagenet_dir": ("str", 'the ImageNet validation folder (<dir>/<class>/<image>); "": skip the ImageNet panel'),
-    "imagenet_weights": ("list", "self-supervised ResNet-50s stitched into the supervised one"),
-    "imagenet_samples": ("int", "validation images used (half train the stitcher, half test)"),
-}
-FIRST = {"more_is_better": ["samples", "fewer_samples", "top_samples"]}  # the user's most common -p first
-
 
 def code(src, tags=()):
     cell = nbf.v4.new_code_cell(src.strip("\n"))
@@ -72,23 +29,8 @@ def md(src):
     return nbf.v4.new_markdown_cell(src.strip("\n"))
 
 
-def _default(name, experiment):
-    smoke, paper = (PROFILES[experiment][p][name] for p in ("smoke", "paper"))
-    return f"None: {smoke!r}" if smoke == paper else f"None: smoke {smoke!r}, paper {paper!r}"
-
-
 def parameter_names(experiment):
-    names = list(PROFILES[experiment]["smoke"])
-    return FIRST.get(experiment, []) + [n for n in names if n not in FIRST.get(experiment, [])]
-
-
-def parameters_cell(experiment):
-    lines = ['profile: str = "smoke"  # "smoke": a 2-core CPU in minutes; "paper": Appendix A\'s scale on one GPU',
-             'device: str = "auto"  # "auto" (CUDA when present, else CPU), "cpu", "cuda" or "cuda:N"']
-    for name in parameter_names(experiment):
-        kind, text = HELP[name]
-        lines.append(f"{name}: {kind} = None  # {text}; {_default(name, experiment)}")
-    return "\n".join(lines)
+    return EXPERIMENTS[experiment].Params.names()
 
 
 def claims_cell(keys, statistics):
@@ -137,7 +79,7 @@ def notebook(name, experiment, header, keys, statistics, extra=()):
     setup = call(f'run = stitchlib.setup(\n    "{experiment}", profile=profile, device=device, ', library, 4) + ",\n)"
     cells = [
         md(header + RUN_NOTE),
-        code(parameters_cell(experiment), tags=["parameters"]),
+        code(parameters_cell(EXPERIMENTS[experiment].Params), tags=["parameters"]),
         md(claims_cell(keys, statistics)),
         code("import stitchlib\n\n" + setup + "\nrun.describe()"),
         code(f"results = stitchlib.{experiment}(run)  # cached: a second run with the same parameters only loads"),
@@ -152,17 +94,18 @@ def notebook(name, experiment, header, keys, statistics, extra=()):
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nb.metadata["language_info"] = {"name": "python"}
     nbf.write(nb, HERE / f"{name}.ipynb")
-    for profile in ("smoke", "paper"):
-        values = {"profile": profile, "device": "auto", **{n: PROFILES[experiment][profile][n] for n in library}}
-        text = (f"# The {profile} profile of {name} (written by tools/make_notebooks.py from "
-                f"stitchlib.experiments.PROFILES).\n" + yaml.safe_dump(values, sort_keys=False))
-        (HERE / "params" / f"{name}.{profile}.yaml").write_text(text)
+    for profile in PROFILES:
+        (HERE / "params" / f"{name}.{profile}.yaml").write_text(profile_yaml(EXPERIMENTS[experiment].Params, name,
+                                                                             profile))
 
 
 RUN_NOTE = """
 
-Profiles differ only in sizes: `smoke` (the default) runs on a 2-core CPU in minutes, `paper` is
-Appendix A's scale on a GPU; the parameters cell below lists both. Measured runtimes are in the
+Two profiles: `smoke` (the default) runs on a 2-core CPU in minutes, `paper` is Appendix A's scale
+on GPUs; the parameters cell below lists both values of every parameter. They differ in sizes and
+in three settings that a size forces: the stitcher's learning rate (16 smoke steps need a larger
+one), the CKA estimator (minibatch at 10,000 images) and freeze training's "near zero".
+`python -m stitchlib plan <notebook> --profile paper` prints what a run computes and costs. Measured runtimes are in the
 README (rendered from `results/`). Data here is the lossy **CIFAR-10 JPEG copy** when that is what
 is available: its numbers are self-consistent but are not the paper's.
 """
@@ -331,7 +274,34 @@ The BatchNorm policy and the initialisation are measured, not judged: the paper 
 """
 
 
+README = HERE.parent / "README.md"
+BEGIN, END = "<!-- parameters: generated by tools/make_notebooks.py -->", "<!-- parameters: end -->"
+
+
+def readme_block():
+    """Each experiment's parameter table and the paper profile's estimated cost, from the plans."""
+    parts = [BEGIN]
+    for e in EXPERIMENTS.values():
+        parts += [f"**`{e.notebook}`** ({e.title})", "", markdown_table(e.Params), ""]
+    rows = ["| notebook | tasks | images (millions) | PFLOP | estimated H200-hours |", "|---|---|---|---|---|"]
+    for e in EXPERIMENTS.values():
+        total = make_plan(e.name, "paper").cost().iloc[-1]
+        rows.append(f"| `{e.notebook}` | {total['count']} | {total['images'] / 1e6:,.0f} | {total['pflop']:,.0f} | "
+                    f"{total['gpu_hours']:,.1f} |")
+    parts += ["Estimated cost of the paper profile, from each notebook's plan (`python -m stitchlib plan "
+              "<notebook> --profile paper`; `05` includes `01`-`04`, whose results its Table 1 reads):", "", *rows,
+              END]
+    return "\n".join(parts)
+
+
+def write_readme():
+    text = README.read_text()
+    start, end = text.index(BEGIN), text.index(END) + len(END)
+    README.write_text(text[:start] + readme_block() + text[end:])
+
+
 if __name__ == "__main__":
+    write_readme()
     notebook("01_connectivity", "connectivity", CONNECTIVITY_HEADER, ["close", "random_early", "random_late"],
              CONNECTIVITY_STATISTICS)
     notebook("02_ssl_vs_e2e", "ssl_vs_e2e", SSL_HEADER, ["ssl_cifar", "cka_ssl", "ssl_imagenet"], SSL_STATISTICS)

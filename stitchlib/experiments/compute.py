@@ -1,0 +1,284 @@
+"""Running task specs: each stored artifact is computed here, and only here.
+
+This module is one of the computing modules whose source the store's code version covers
+(`stitchlib.store.COMPUTING_MODULES`): editing it changes the keys of what it computes. The
+experiment modules, which only say what to compute, are not covered, so editing a notebook's
+pipeline keeps every trained model.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .. import data as data_mod
+from ..models import build_model, cut_points, spine
+from ..similarity import CKAAccumulator
+from ..ssl import train_simclr
+from ..stitching import stitch
+from ..store import Store
+from ..training import misclassified, percent, train_model
+from .tasks import CKA, Checkpoint, RandomModel, SplitRef, Stitch, Task, TrainedModel
+
+
+@dataclass
+class KeyContext:
+    """What a task's store key depends on besides the task: the data's identity (None while the
+    data has never been loaded), the device type and the images' channels."""
+
+    store: Store
+    identity: dict | None
+    device: str
+    in_channels: int
+    _keys: dict = field(default_factory=dict, repr=False)
+
+    def key(self, task: Task) -> str | None:
+        """The task's content key, or None where it cannot be known before running (data never
+        loaded, a freeze-training prefix decided from results, a pretrained network's digest)."""
+        if task in self._keys:
+            return self._keys[task]
+        key = None
+        if isinstance(task, RandomModel):
+            key = task.key()
+        elif isinstance(task, Checkpoint):
+            run = self.key(task.run)
+            key = None if run is None else f"{run}@epoch{float(task.epoch):g}"
+        elif self.identity is not None and isinstance(task, (TrainedModel, Stitch, CKA)):
+            deps = [self.key(d) for d in task.deps()]
+            if None not in deps and not (isinstance(task, TrainedModel) and task.frozen is not None
+                                         and task.frozen.stages is None):
+                key = self.store.key(task.kind, self.config(task, deps))
+        self._keys[task] = key
+        return key
+
+    def config(self, task: Task, dep_keys: list) -> dict:
+        if isinstance(task, TrainedModel):
+            return task.config(self.identity, self.device, self.in_channels, dep_keys[0] if dep_keys else None)
+        if isinstance(task, Stitch):
+            return task.config(self.identity, self.device, top_key=dep_keys[0], bottom_key=dep_keys[1])
+        return task.config(self.identity, self.device, a_key=dep_keys[0], b_key=dep_keys[1])
+
+    def stored(self, task: Task) -> bool | None:
+        """Whether the task's artifact is in the store (None: its key is not known yet)."""
+        if isinstance(task, RandomModel):
+            return True  # built in milliseconds, never stored
+        if isinstance(task, Checkpoint):
+            return self.stored(task.run)
+        key = self.key(task)
+        return None if key is None else (self.store.root / task.kind / f"{key}.pt").exists()
+
+
+class Runner:
+    """Runs specs against loaded data: materialises splits, trains or loads models, stitches and
+    compares them, each through the store. Results are memoised per runner."""
+
+    def __init__(self, dataset: data_mod.Dataset, store: Store, device: torch.device):
+        self.dataset, self.store, self.device = dataset, store, device
+        self.keys = KeyContext(store, dataset.identity, device.type, dataset.train.images.shape[1])
+        self._splits: dict = {}
+        self._models: dict = {}
+
+    # ------------------------------------------------------------------ data
+
+    def split(self, ref: SplitRef) -> data_mod.Split:
+        if ref not in self._splits:
+            if not ref.steps:
+                out = self.dataset.train if ref.base == "train" else self.dataset.test
+            else:
+                parent = self.split(SplitRef(ref.base, 0, 0, ref.steps[:-1]))
+                step = ref.steps[-1]
+                if step[0] == "subset":
+                    out = data_mod.subset(parent, step[1], seed=step[2])
+                elif step[0] == "disjoint_subsets":
+                    out = data_mod.disjoint_subsets(parent, list(step[1]), seed=step[2])[step[3]]
+                elif step[0] == "label_noise":
+                    out = data_mod.with_label_noise(parent, step[1], seed=step[2])
+                elif step[0] == "coarse":
+                    out = data_mod.coarse_labels(parent)
+                else:
+                    raise ValueError(f"unknown split step {step!r}")
+            self._splits[ref] = out
+        return self._splits[ref]
+
+    # ------------------------------------------------------------------ models
+
+    def model(self, task: Task, progress: bool = False) -> tuple[torch.nn.Module, dict]:
+        """(model in eval mode on the device, record with its key, test error and per-image errors)."""
+        if task not in self._models:
+            if isinstance(task, RandomModel):
+                net = build_model(task.arch, seed=task.seed, width=task.width, num_classes=task.num_classes,
+                                  in_channels=self.keys.in_channels, **dict(task.options))
+                self._models[task] = (net.to(self.device).eval(), {"key": task.key()})
+            elif isinstance(task, Checkpoint):
+                _, record = self.model(task.run, progress)
+                self._models[task] = record["checkpoints"][float(task.epoch)]
+            else:
+                self._models[task] = self._trained(task, progress)
+        return self._models[task]
+
+    def _build(self, task: TrainedModel) -> torch.nn.Module:
+        return build_model(task.arch, seed=task.seed, width=task.width, num_classes=task.train.num_classes,
+                           in_channels=self.keys.in_channels, **dict(task.options))
+
+    def _trained(self, task: TrainedModel, progress: bool):
+        ds, device = self.dataset, self.device
+        train_split, test_split = self.split(task.train), self.split(task.test)
+        frozen = None
+        if task.frozen is not None:
+            if task.frozen.stages is None:
+                raise ValueError(f"{task.label}: the frozen prefix must be decided before the model is trained")
+            frozen = (*self.model(task.frozen.source), task.frozen.stages)
+        source_key = frozen[1]["key"] if frozen else None
+        config = self.keys.config(task, [source_key] if frozen else [])
+        recipe, checkpoints = task.recipe, task.checkpoints
+
+        def evaluate(state_dict):
+            model = self._build(task)
+            model.load_state_dict(state_dict)
+            return misclassified(model, test_split, ds.mean, ds.std, device=device)
+
+        def compute():
+            model = self._build(task)
+            n_frozen = 0
+            if frozen is not None:
+                source, _, n_frozen = frozen
+                for mine, theirs in zip(spine(model)[:n_frozen], spine(source)[:n_frozen]):
+                    mine.load_state_dict(theirs.state_dict())
+            start = time.perf_counter()
+            if task.simclr_epochs is not None:
+                train_simclr(model, train_split, ds.mean, ds.std, epochs=task.simclr_epochs, seed=task.seed,
+                             device=device, progress=progress)
+                n_frozen = len(spine(model)) - 1  # a linear classifier on frozen features
+            # The same run without checkpoints may be stored already (01's base models are 04's
+            # training-time run): its end is then known, and only the early part needs training.
+            known_end = (self.store.load("model", self.keys.config(task.plain(), []))
+                         if checkpoints and frozen is None and task.simclr_epochs is None and recipe.steps is None
+                         and all(0 < c <= recipe.epochs for c in checkpoints) else None)
+            kw = dict(seed=task.seed, device=device, frozen=n_frozen, progress=progress,
+                      desc=f"{task.arch} w={task.width} seed={task.seed}")
+            if known_end is None:
+                saved = train_model(model, train_split, ds.mean, ds.std, recipe, checkpoints=tuple(checkpoints), **kw)
+                wrong = misclassified(model, test_split, ds.mean, ds.std, device=device)
+            else:
+                early = tuple(c for c in checkpoints if c < recipe.epochs)
+                saved = (train_model(model, train_split, ds.mean, ds.std, recipe, checkpoints=early,
+                                     until=max(early), **kw) if early else {})
+                saved[recipe.epochs] = known_end["state_dict"]
+                model.load_state_dict(known_end["state_dict"])
+                wrong = unpack_wrong(known_end["test_wrong"])
+            seconds = time.perf_counter() - start
+            record = {"state_dict": {k: v.cpu() for k, v in model.state_dict().items()}, "test_error": percent(wrong),
+                      "test_wrong": pack_wrong(wrong), "train_seconds": seconds}
+            if checkpoints:
+                epochs = sorted(saved)
+                wrongs = [evaluate(saved[e]) if e != epochs[-1] else wrong for e in epochs]
+                record["curve"] = [[float(e), percent(w)] for e, w in zip(epochs, wrongs)]
+                record["curve_wrong"] = [pack_wrong(w) for w in wrongs]
+                if task.keep_checkpoints:
+                    record["checkpoints"] = {repr(float(e)): saved[e] for e in epochs}
+            return record
+
+        stored = self.store.cached("model", config, compute)
+        model = self._build(task)
+        model.load_state_dict(stored["state_dict"])
+        model.to(device).eval()
+        key = self.store.key("model", config)
+        record = {"key": key, "test_error": stored["test_error"], "wrong": unpack_wrong(stored["test_wrong"])}
+        if checkpoints:
+            record["curve"] = [tuple(point) for point in stored["curve"]]
+            record["curve_wrong"] = [unpack_wrong(w) for w in stored["curve_wrong"]]
+        if task.keep_checkpoints:
+            wrongs = {e: w for (e, _), w in zip(record["curve"], record["curve_wrong"])}
+            record["checkpoints"] = {}
+            for name, state in stored["checkpoints"].items():
+                at = self._build(task)
+                at.load_state_dict(state)
+                w = wrongs[float(name)]
+                record["checkpoints"][float(name)] = (at.to(device).eval(),
+                                                      {"key": f"{key}@epoch{float(name):g}",
+                                                       "test_error": percent(w), "wrong": w})
+        return model, record
+
+    # ------------------------------------------------------------------ comparisons
+
+    def stitch(self, task: Stitch, bar=None) -> list[dict]:
+        """Every cut's errors (at initialisation and after training) and per-image correctness."""
+        (top, top_rec), (bottom, bottom_rec) = self.model(task.top), self.model(task.bottom)
+        return stitch_all_cuts(self.store, self.dataset, self.device, bottom, bottom_rec, top, top_rec,
+                               train_split=self.split(task.train), test_split=self.split(task.test), label=task.label,
+                               bar=bar, **dict(task.settings))
+
+    def cka(self, task: CKA) -> list[float]:
+        (a, rec_a), (b, rec_b) = self.model(task.a), self.model(task.b)
+        return cka_all_cuts(self.store, self.dataset, self.device, a, rec_a, b, rec_b, self.split(task.images),
+                            task.estimator, task.batch_size)
+
+
+def stitch_all_cuts(store: Store, dataset, device, bottom, bottom_rec, top, top_rec, *, train_split, test_split,
+                    label: str, bar=None, **stitch_kw) -> list[dict]:
+    """Stitch `bottom` into `top` at every cut point (cached as one artifact per pair).
+    `bar`, when given, is a progress bar whose postfix names the pair."""
+    config = dict(bottom=bottom_rec["key"], top=top_rec["key"], data=dataset.identity,
+                  train_split=[list(s) for s in train_split.recipe], test_split=[list(s) for s in test_split.recipe],
+                  device=device.type, **stitch_kw)
+
+    def compute():
+        cuts = cut_points(top)
+        # A k x k kernel needs a feature map: pooled vectors only take the linear stitcher.
+        usable = [c.index for c in cuts if stitch_kw.get("kernel_size", 1) == 1 or c.kind == "map"]
+        if bar is not None:
+            bar.set_postfix_str(f"stitch {label} at {len(usable)} cuts")
+        # Every cut in one pass over the data: the bottom runs once per batch for all of them.
+        results = stitch(bottom, top, usable, dataset, train=train_split, test=test_split,
+                         top_error=top_rec["test_error"], device=device, progress=bar is None, **stitch_kw)
+        found = {r.cut.index: r for r in results}
+        rows = []
+        for c in cuts:
+            r = found.get(c.index)
+            rows.append(dict(cut_index=c.index, cut=c.name, error_init=r.error_init if r else math.nan,
+                             error=r.error if r else math.nan, wrong_init=pack_wrong(r.wrong_init) if r else None,
+                             wrong=pack_wrong(r.wrong) if r else None))
+        return {"rows": rows}
+
+    rows = store.cached("stitch", config, compute)["rows"]
+    return [{**row, "wrong_init": unpack_wrong(row["wrong_init"]), "wrong": unpack_wrong(row["wrong"])} for row in rows]
+
+
+@torch.no_grad()
+def cka_all_cuts(store: Store, dataset, device, model_a, rec_a, model_b, rec_b, images: data_mod.Split,
+                 estimator: str, batch_size: int = 250) -> list[float]:
+    """Linear CKA between A and B at every cut point, in one pass over `images` (cached)."""
+    config = dict(a=rec_a["key"], b=rec_b["key"], data=dataset.identity, images=[list(s) for s in images.recipe],
+                  estimator=estimator, batch_size=batch_size, device=device.type)
+
+    def compute():
+        cuts = cut_points(model_a)
+        accs = [CKAAccumulator(estimator) for _ in cuts]
+        loader = data_mod.DeviceLoader(images, dataset.mean, dataset.std, batch_size=batch_size, device=device)
+        stages_a, stages_b = spine(model_a), spine(model_b)
+        for x, _ in loader:
+            ha, hb = x, x
+            for stage_a, stage_b, acc in zip(stages_a, stages_b, accs):
+                # Walk both spines stage by stage: every cut's features from a single forward pass.
+                ha, hb = stage_a(ha), stage_b(hb)
+                acc.update(ha, hb)
+        return {"cka": [acc.value() for acc in accs]}
+
+    return store.cached("cka", config, compute)["cka"]
+
+
+def pack_wrong(wrong: torch.Tensor | None):
+    """Per-image correctness as bits (uint8), a few hundred bytes per model and cut in the store."""
+    if wrong is None:
+        return None
+    return {"n": len(wrong), "bits": torch.from_numpy(np.packbits(wrong.numpy().astype(bool)))}
+
+
+def unpack_wrong(packed) -> torch.Tensor | None:
+    if packed is None:
+        return None
+    return torch.from_numpy(np.unpackbits(packed["bits"].numpy(), count=packed["n"]).astype(bool))

@@ -1,0 +1,450 @@
+"""The plan/run machinery every experiment shares.
+
+An experiment (one per notebook, registered in `stitchlib.experiments.EXPERIMENTS`) declares its
+parameters (a `Params` class), builds a `Plan` from them (typed task specs, `tasks`) and turns the
+plan's results into tidy tables. `setup` checks the parameters and plans before it loads any data;
+`plan` does the same without loading anything, to see what a run would compute and cost.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import zlib
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from .. import data as data_mod
+from ..models import cut_points
+from ..store import Store
+from ..tables import write_csv
+from ..training import resolve_device
+from .compute import KeyContext, Runner
+from .params import Common, Params
+from .tasks import CKA, Checkpoint, PretrainedStitch, RandomModel, SplitRef, Stitch, Task, TrainedModel
+
+REPO_ROOT = Path(__file__).resolve().parent.parent.parent
+# Measured H200 throughput (bench/gpu_paper_scale.py, bench/results/gpu_paper_scale_h200_2026-11-28.json):
+# the paper's ResNet-18 (width 1) trains at 16,725 images/s, 3 x 1.11 GFLOP each, so about 56 TFLOP/s
+# of useful work; the stitcher pass (frozen nets) at 20,877 images/s. Every other task's time is its
+# FLOPs at that rate: an estimate for planning, not a measurement of that task.
+REFERENCE_GPU = "NVIDIA H200"
+REFERENCE_FLOPS_PER_S = 16725 * 3 * 1.11084544e9
+
+
+@dataclass
+class Comparison:
+    """One row group of a results table: `bottom` stitched into `top` at every cut (unless `stitch`
+    is None: CKA only) and their CKA; its rows carry `columns`."""
+
+    top: Task
+    bottom: Task
+    columns: dict
+    stitch: Stitch | None
+    cka: CKA
+
+
+@dataclass
+class Plan:
+    """An experiment's task graph for one set of parameters: every task (dependencies first) and the
+    comparisons its table is made of. `extra` holds tasks decided while running (freeze training,
+    fine-tuning), listed for their cost; `uses` the plans of the other experiments it reads."""
+
+    experiment: str
+    profile: str
+    params: Params
+    comparisons: list[Comparison]
+    extra: list[Task] = field(default_factory=list)
+    uses: dict = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def __repr__(self) -> str:
+        total = self.cost().iloc[-1]
+        return (f"<Plan {self.experiment} at {self.profile}: {len(self.tasks())} tasks, {total['pflop']:,.3f} PFLOP, "
+                f"about {total['gpu_hours']:,.2f} hours on one {REFERENCE_GPU}; .describe() lists them>")
+
+    def describe(self, store: str | None = None, summary: bool = False) -> None:
+        """Print every task, whether it is stored, and the estimated cost (as `python -m stitchlib plan`)."""
+        changed = {k: v for k, v in self.params.as_dict().items() if v != self.params.default(k, self.profile)}
+        print(plan_report(self.experiment, self.profile, store=store, summary=summary, **changed))
+
+    def tasks(self, include_uses: bool = True) -> list[Task]:
+        """Every task once, each after its dependencies."""
+        seen: dict = {}
+
+        def visit(task):
+            if task in seen:
+                return
+            for dep in task.deps():
+                visit(dep)
+            seen[task] = None
+
+        for c in self.comparisons:
+            for t in (c.top, c.bottom, c.stitch, c.cka):
+                if t is not None:
+                    visit(t)
+        for t in self.extra:
+            visit(t)
+        if include_uses:
+            for other in self.uses.values():
+                for t in other.tasks():
+                    visit(t)
+        return list(seen)
+
+    def models(self) -> list[Task]:
+        return [t for t in self.tasks() if isinstance(t, (TrainedModel, RandomModel, Checkpoint))]
+
+    def cost(self) -> pd.DataFrame:
+        """Estimated cost per task kind: how many tasks, images processed, PFLOP and hours on the
+        reference GPU at its measured throughput."""
+        shape = self.params.data_info["shape"]
+        rows = Counter(), Counter(), Counter()
+        for t in self.tasks():
+            what = _kind(t)
+            images, flops = t.cost(shape)
+            rows[0][what] += 1
+            rows[1][what] += images
+            rows[2][what] += flops
+        out = pd.DataFrame([dict(task=k, count=rows[0][k], images=rows[1][k], pflop=rows[2][k] / 1e15,
+                                 gpu_hours=rows[2][k] / REFERENCE_FLOPS_PER_S / 3600) for k in rows[0]])
+        total = dict(task="total", count=out["count"].sum(), images=out["images"].sum(), pflop=out["pflop"].sum(),
+                     gpu_hours=out["gpu_hours"].sum())
+        return pd.concat([out, pd.DataFrame([total])], ignore_index=True)
+
+    def table(self, keys: KeyContext | None = None) -> pd.DataFrame:
+        """One row per task: kind, label, key (short), whether stored, images and GFLOP."""
+        shape = self.params.data_info["shape"]
+        rows = []
+        for t in self.tasks():
+            images, flops = t.cost(shape)
+            key = keys.key(t) if keys else None
+            stored = keys.stored(t) if keys else None
+            rows.append(dict(task=_kind(t), label=t.label, key=key[:12] if key and len(key) == 64 else key or "",
+                             stored={True: "yes", False: "no", None: "?"}[stored], images=images,
+                             gflop=flops / 1e9))
+        return pd.DataFrame(rows)
+
+
+def _kind(task: Task) -> str:
+    if isinstance(task, TrainedModel):
+        if task.frozen is not None:
+            return "train (frozen prefix)"
+        return "train (SimCLR + probe)" if task.simclr_epochs is not None else "train"
+    return {RandomModel: "random network", Checkpoint: "checkpoint", Stitch: "stitch (all cuts)",
+            CKA: "CKA (all cuts)", PretrainedStitch: "stitch ImageNet (all cuts)"}[type(task)]
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One notebook's experiment: its parameters, plan, run, claims and figures."""
+
+    name: str                   # "connectivity"
+    notebook: str               # "01_connectivity"
+    title: str
+    Params: type
+    plan: Callable              # (params, profile, others) -> Plan
+    run: Callable               # (Setup) -> Results
+    claims: Callable            # (judge, Results) -> None
+    figures: Callable           # (Results, summary, caption) -> {name: figure}
+    # The machine columns of its table (MACHINE_COLUMNS) and the values each may take: what claims
+    # and plots select rows by, beside the display labels (panel, pair, family...) they show.
+    columns: dict = field(default_factory=dict)
+    summary_by: tuple = ("panel", ("pair",))  # how `summarize` groups the per-cut numbers
+    uses: tuple = ()            # the experiments whose results it reads
+
+
+EXPERIMENTS: dict[str, Experiment] = {}
+
+
+def register(experiment: Experiment) -> Experiment:
+    EXPERIMENTS[experiment.name] = experiment
+    return experiment
+
+
+def experiment_named(name: str) -> Experiment:
+    """By experiment name ("connectivity") or notebook ("01_connectivity", "01_connectivity.ipynb")."""
+    stem = Path(str(name)).name.removesuffix(".ipynb")
+    for e in EXPERIMENTS.values():
+        if stem in (e.name, e.notebook, e.notebook.split("_", 1)[0]):
+            return e
+    raise ValueError(f"unknown experiment or notebook {name!r}; valid: "
+                     f"{sorted(e.name for e in EXPERIMENTS.values())} or {sorted(e.notebook for e in EXPERIMENTS.values())}")
+
+
+def make_plan(experiment: str, profile: str = "smoke", **params) -> Plan:
+    """The plan of `experiment` at `profile` with `params`: checked, nothing loaded or trained."""
+    e = experiment_named(experiment)
+    p = e.Params.resolve(profile, **params)
+    uses = {}
+    for name in e.uses:
+        other = EXPERIMENTS[name]
+        # The same run's shared parameters (seeds, sizes, the stitcher...) carry over to the
+        # experiments it reads, so that their results are those of this profile and these seeds.
+        shared = {k: v for k, v in p.as_dict().items()
+                  if k in Common.names() and k in other.Params.names() and v != p.default(k, profile)}
+        uses[name] = make_plan(name, profile, **shared)
+    return e.plan(p, profile, uses)
+
+
+@dataclass
+class Setup:
+    """Everything an experiment needs: resolved parameters, device, data, store, output folders,
+    and its plan."""
+
+    experiment: str
+    profile: str
+    params: dict
+    device: torch.device
+    store: Store
+    dataset: data_mod.Dataset
+    figures: Path
+    plan: Plan = None
+    runner: Runner = None
+
+    def __getitem__(self, key):
+        return self.params[key]
+
+    @property
+    def p(self) -> Params:
+        return self.plan.params
+
+    def describe(self) -> None:
+        """Print what will run: profile, device, data identity, store, parameters, the plan's size."""
+        ident = self.dataset.identity
+        where = (torch.cuda.get_device_name(self.device) if self.device.type == "cuda"
+                 else f"{torch.get_num_threads()} threads")
+        print(f"experiment {self.experiment} | profile {self.profile} | device {self.device.type} ({where})")
+        print(f"seeds      {len(self['seeds']) // 2} pairs (top, bottom): {self.p.seed_pairs()}; "
+              f"intervals at {self['confidence']:.0%}")
+        print(f"data       {ident['name']} from {ident['source']} (sha256 {ident['sha256'][:12]}...)")
+        print(f"store      {self.store.root}")
+        print(f"figures    {self.figures}")
+        for key, value in self.params.items():
+            print(f"  {key:18s} {value}")
+
+
+def setup(experiment: str, *, profile: str = "smoke", device: str = "auto", figures_dir: str | None = None,
+          store: str | None = None, **params) -> Setup:
+    """Check the parameters and plan the experiment (and any it reads) before anything is loaded;
+    then load the data. Parameters left None take the profile's value.
+
+    `figures_dir` defaults to $STITCHLIB_FIGURES/<profile> or <repository>/figures/<profile>;
+    `store` to the artifact store's default ($STITCHLIB_STORE or <repository>/runs/store).
+    Neither depends on the cwd.
+    """
+    if not isinstance(device, str):
+        raise TypeError(f"parameter 'device' must be str, got {type(device).__name__} {device!r}")
+    plan = make_plan(experiment, profile, **params)
+    dev = resolve_device(device)
+    dataset = data_mod.load_dataset(plan.params.dataset)
+    for key, split in (("train_samples", dataset.train), ("test_samples", dataset.test)):
+        if getattr(plan.params, key) > len(split):
+            raise ValueError(f"{key}={getattr(plan.params, key)} exceeds the {len(split)} images of the "
+                             f"{'test' if key == 'test_samples' else 'training'} split")
+    if figures_dir:
+        figures = Path(figures_dir)
+    else:
+        figures = Path(os.environ.get("STITCHLIB_FIGURES") or REPO_ROOT / "figures").expanduser().absolute() / profile
+    figures.mkdir(parents=True, exist_ok=True)
+    st = Store(store)
+    e = experiment_named(experiment)
+    return Setup(e.name, profile, plan.params.as_dict(), dev, st, dataset, figures, plan, Runner(dataset, st, dev))
+
+
+def derived_seed(seed: int, what: str) -> int:
+    """A seed of its own for a model compared with the one of `seed` (a weak or self-supervised
+    bottom, fresh top layers), so that the two share neither initialisation nor data order."""
+    return zlib.crc32(f"{what}/{seed}".encode()) % 2**31
+
+
+def pair_columns(index: int, seed_top: int, seed_bottom: int) -> dict:
+    """The columns that say which seed pair a row belongs to, and the seeds of its two models."""
+    return dict(pair_index=index, seed_top=seed_top, seed_bottom=seed_bottom)
+
+
+@dataclass(frozen=True)
+class Splits:
+    """The shared splits: nested subsets with fixed seeds, the same in every notebook, so that
+    models and comparisons are shared through the store."""
+
+    train: SplitRef
+    test: SplitRef
+    cka: SplitRef
+
+    @classmethod
+    def of(cls, p: Common) -> "Splits":
+        info = p.data_info
+        train = SplitRef("train", info["train"], info["num_classes"]).subset(p.train_samples, 0)
+        test = SplitRef("test", info["test"], info["num_classes"]).subset(p.test_samples, 0)
+        return cls(train, test, test.subset(p.cka_samples, 2))
+
+
+def stitch_images(p: Common, top_train: SplitRef) -> SplitRef:
+    """The stitcher's training images: drawn from those its top was trained on (more data never
+    leaks in through the stitcher), stitch_samples of them, or all of them if the top has fewer."""
+    return top_train.subset(min(p.stitch_samples, top_train.size), 1)
+
+
+def stitch_settings(p: Common, **options) -> tuple:
+    settings = dict(epochs=float(p.stitch_epochs), lr=p.stitch_lr, ls_samples=p.ls_samples)
+    settings.update(options)  # a k x k stitcher brings its own lr
+    return tuple(sorted(settings.items()))
+
+
+# Every results table has these, whatever its experiment: which panel a row belongs to, the role of
+# its top and bottom model, and what the row measures ("stitch": stitched and CKA; "cka_only";
+# "finetune": a top retrained above a frozen bottom). Values are fixed identifiers, never labels.
+MACHINE_COLUMNS = ("panel_id", "top_role", "bottom_role", "comparison")
+
+
+def machine(panel_id: str, top_role: str, bottom_role: str, comparison: str = "stitch") -> dict:
+    return dict(panel_id=panel_id, top_role=top_role, bottom_role=bottom_role, comparison=comparison)
+
+
+def compare(p: Common, splits: Splits, top: Task, bottom: Task, columns: dict, *, stitch: bool = True,
+            stitch_train: SplitRef | None = None, **options) -> Comparison:
+    """Stitch `bottom` into `top` (on `stitch_train`, by default drawn from the top's training
+    images) and take their CKA. `columns` carry the machine columns (`machine`) and the labels."""
+    missing = set(MACHINE_COLUMNS) - set(columns)
+    if missing:
+        raise ValueError(f"a comparison's columns lack the machine columns {sorted(missing)}")
+    if (columns["comparison"] == "cka_only") == stitch:
+        raise ValueError(f"comparison={columns['comparison']!r} but stitch={stitch}")
+    label = f"{bottom.label} into {top.label}"
+    if stitch:
+        train = stitch_train or stitch_images(p, top.train if isinstance(top, TrainedModel) else top.run.train)
+        st = Stitch(label, top, bottom, train, splits.test, stitch_settings(p, **options))
+    else:
+        st = None
+    return Comparison(top, bottom, columns, st, CKA(f"CKA {label}", top, bottom, splits.cka, p.cka_estimator))
+
+
+def units(plan: Plan) -> int:
+    """Progress units: one per model, one per stitched cut, one per CKA pair."""
+    shape = plan.params.data_info["shape"]
+    from .tasks import architecture_info
+
+    n = len({t for c in plan.comparisons for t in (c.top, c.bottom)})
+    for c in plan.comparisons:
+        n += 1 + (architecture_info(c.top.arch, c.top.width, c.top.options, shape)[0] if c.stitch else 0)
+    return n
+
+
+def run_comparisons(s: Setup, bar) -> pd.DataFrame:
+    """Get every model the comparisons name (store or training), then stitch and compare each.
+    Returns the tidy rows."""
+    runner = s.runner
+    for model in dict.fromkeys(t for c in s.plan.comparisons for t in (c.top, c.bottom)):
+        bar.set_postfix_str(model.label)
+        runner.model(model)
+        bar.update()
+    rows = []
+    for c in s.plan.comparisons:
+        (top, top_rec), (_, bottom_rec) = runner.model(c.top), runner.model(c.bottom)
+        n_cuts = len(cut_points(top))
+        if c.stitch is not None:
+            done = bar.n
+            stitched = runner.stitch(c.stitch, bar=bar)
+            bar.update(done + n_cuts - bar.n)  # a cached pair advanced nothing
+        else:
+            stitched = [dict(cut_index=cut.index, cut=cut.name, error_init=math.nan, error=math.nan, wrong_init=None,
+                             wrong=None) for cut in cut_points(top)]
+        bar.set_postfix_str(c.cka.label)
+        cka = runner.cka(c.cka)
+        bar.update()
+        rows += [row_of(c.columns, row, top_rec, bottom_rec, value) for row, value in zip(stitched, cka)]
+    return pd.DataFrame(rows)
+
+
+def run_plan(s: Setup, desc: str, extra_units: int = 0):
+    """A progress bar over the plan, its comparisons run. Returns (table, bar): the bar stays open
+    for what the experiment runs after the comparisons."""
+    # Each run reads the store afresh: nothing computed by an earlier run in this process is reused
+    # unless the store still holds it (verified).
+    s.runner = Runner(s.dataset, s.store, s.device)
+    bar = tqdm(total=units(s.plan) + extra_units, desc=desc)
+    return run_comparisons(s, bar), bar
+
+
+def row_of(columns: dict, cut_row: dict, top_rec: dict, bottom_rec: dict, cka: float) -> dict:
+    """One tidy row: what identifies the pair (with its seeds), the cut and its errors, and the
+    penalties (stitched error minus the top's, at initialisation and after training). Columns
+    starting with "_" hold per-image correctness (bool tensors) for the intervals; they stay out
+    of the CSVs."""
+    top_error = top_rec["test_error"]
+    cut_row = dict(cut_row)
+    wrong_init, wrong = cut_row.pop("wrong_init"), cut_row.pop("wrong")
+    return dict(**columns, **cut_row, top_error=top_error, bottom_error=bottom_rec.get("test_error", math.nan),
+                penalty_init=cut_row["error_init"] - top_error, penalty=cut_row["error"] - top_error, cka=cka,
+                _wrong_top=top_rec.get("wrong"), _wrong_bottom=bottom_rec.get("wrong"), _wrong_init=wrong_init,
+                _wrong=wrong)
+
+
+@dataclass
+class Results:
+    """An experiment's tidy rows (one per pair and cut), its base models, and, where the
+    experiment has them, training curves."""
+
+    table: pd.DataFrame
+    models: pd.DataFrame
+    setup: Setup = field(repr=False)
+    curves: pd.DataFrame | None = None
+    notes: list = field(default_factory=list)
+    # The other experiments' results an experiment summarises (05's Table 1), by experiment name.
+    sources: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def experiment(self) -> Experiment:
+        return EXPERIMENTS[self.setup.experiment]
+
+
+def models_frame(s: Setup) -> pd.DataFrame:
+    """The base models of the comparisons: name, width, test error."""
+    # By label: one artifact may serve under two names (04's top is also its width panel's model).
+    models = {t.label: t for c in s.plan.comparisons for t in (c.top, c.bottom)}
+    return pd.DataFrame([dict(model=label, width=m.width, test_error=s.runner.model(m)[1].get("test_error", math.nan))
+                         for label, m in models.items()])
+
+
+def finish(s: Setup, table: pd.DataFrame, models: pd.DataFrame, **kw) -> Results:
+    write_csv(table, s.figures / f"{EXPERIMENTS[s.experiment].notebook}.csv")
+    return Results(table, models, s, **kw)
+
+
+def plan_report(experiment: str, profile: str = "smoke", *, store: str | None = None, device: str = "auto",
+                summary: bool = False, **params) -> str:
+    """The plan as text: what runs, what is stored already, and what it costs. Nothing is loaded:
+    store keys use the data's identity as last loaded (`stitchlib.data.last_identity`)."""
+    plan = make_plan(experiment, profile, **params)
+    p = plan.params
+    e = experiment_named(experiment)
+    identity = data_mod.last_identity(p.dataset)
+    keys = KeyContext(Store(store), identity, resolve_device(device).type, p.data_info["shape"][0])
+    changed = {k: v for k, v in p.as_dict().items() if v != p.default(k, profile)}
+    lines = [f"plan of {e.notebook} ({e.title}) at profile {profile}",
+             f"parameters changed from the profile: {changed or 'none'}",
+             f"data: {identity['name'] + ' sha256 ' + identity['sha256'][:12] if identity else p.dataset + ' never loaded here: nothing of it is stored yet'}",
+             f"store: {keys.store.root}"]
+    if plan.uses:
+        lines.append(f"reads the results of {', '.join(plan.uses)} (their tasks are included below)")
+    lines += [f"note: {n}" for n in plan.notes]
+    with pd.option_context("display.width", 200, "display.max_rows", None, "display.max_colwidth", 80):
+        if not summary:
+            table = plan.table(keys)
+            lines += ["", table.to_string(index=False, formatters={"images": "{:,.0f}".format,
+                                                                    "gflop": "{:,.1f}".format})]
+            stored = (table["stored"] == "yes").sum()
+            lines.append(f"{stored} of {len(table)} tasks stored; '?': key known only when running "
+                         "(decided from results, or data never loaded)")
+        cost = plan.cost()
+        lines += ["", f"estimated cost (hours on one {REFERENCE_GPU} at the throughput measured in "
+                      "bench/results/gpu_paper_scale_h200_2026-11-28.json; stored tasks included):",
+                  cost.to_string(index=False, formatters={"images": "{:,.0f}".format, "pflop": "{:,.3f}".format,
+                                                          "gpu_hours": "{:,.2f}".format})]
+    return "\n".join(lines)

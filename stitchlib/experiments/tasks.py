@@ -1,0 +1,295 @@
+"""Typed task specs: what an experiment computes, as data.
+
+A plan is a list of these specs. Building one trains nothing, loads no weights and reads no
+images: a spec names its data by a `SplitRef` (which subset of which split, with which
+transforms), its models by other specs, and its configuration completely, so that its store key,
+its dependencies and its cost (images processed, FLOPs) follow from the spec alone. Running a
+spec (`stitchlib.experiments.compute`) turns the same configuration into the stored artifact.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from ..models import build_model, cut_points
+from ..training import Recipe
+
+# FLOPs of a training step per image, in forward passes: the forward, then a backward of about twice that.
+TRAIN_PASSES = 3.0
+# SimCLR: two augmented views per image, each a forward and a backward.
+SIMCLR_PASSES = 2 * TRAIN_PASSES
+# A stitcher's step: the frozen bottom and top forward, the top backward to reach the stitcher.
+STITCH_PASSES = 2.0
+
+
+@dataclass(frozen=True)
+class SplitRef:
+    """A split by recipe: `base` ("train" or "test" split of the dataset), then `steps` (the same
+    tuples `stitchlib.data` records in `Split.recipe`); `size` images of `num_classes` classes."""
+
+    base: str
+    size: int
+    num_classes: int
+    steps: tuple = ()
+
+    def subset(self, n: int, seed: int) -> "SplitRef":
+        if not 0 < n <= self.size:
+            raise ValueError(f"a subset of {n} images of a split of {self.size}: valid sizes are 1 to {self.size}")
+        return dataclasses.replace(self, size=int(n), steps=self.steps + (("subset", int(n), int(seed)),))
+
+    def halves(self, seed: int) -> tuple["SplitRef", "SplitRef"]:
+        sizes = (self.size // 2,) * 2
+        return tuple(dataclasses.replace(self, size=sizes[k], steps=self.steps + (("disjoint_subsets", sizes,
+                                                                                  int(seed), k),))
+                     for k in range(2))
+
+    def label_noise(self, p: float, seed: int) -> "SplitRef":
+        return dataclasses.replace(self, steps=self.steps + (("label_noise", float(p), int(seed)),))
+
+    def coarse(self) -> "SplitRef":
+        return dataclasses.replace(self, num_classes=2, steps=self.steps + (("coarse",),))
+
+    def recipe(self) -> list:
+        """As stored in the artifact configs (the form `Split.recipe` had there)."""
+        return [list(step) for step in self.steps]
+
+
+IMAGENET_RESNET50 = "torchvision_resnet50"  # the pretrained ImageNet networks of Fig. 2B
+
+
+@functools.lru_cache(maxsize=None)
+def architecture_info(arch: str, width: float, options: tuple, shape: tuple = (3, 32, 32)) -> tuple[int, float]:
+    """(number of cut points, forward FLOPs per image) of an architecture, from a model built on the
+    meta device (no memory, no weights; a CPU build where an architecture cannot run on meta)."""
+    def measure(device):
+        with torch.device(device):
+            if arch == IMAGENET_RESNET50:
+                import torchvision
+
+                model = torchvision.models.resnet50()
+            else:
+                model = build_model(arch, seed=0, width=width, in_channels=shape[0], **dict(options))
+        n_cuts = len(cut_points(model))
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            model.eval()(torch.empty(1, *shape, device=device))
+        return n_cuts, float(counter.get_total_flops())
+
+    try:
+        return measure("meta")
+    except (RuntimeError, NotImplementedError):  # some spines measure their cuts on a CPU tensor
+        return measure("cpu")
+
+
+def _options(options) -> tuple:
+    return tuple(sorted(dict(options).items()))
+
+
+class Task:
+    """Base of the specs. `kind` names the store folder (None: not stored); `name` is for people."""
+
+    kind: str | None = None
+
+    def deps(self) -> tuple:
+        return ()
+
+    def describe(self) -> str:
+        return self.label
+
+
+@dataclass(frozen=True)
+class RandomModel(Task):
+    """The random control: a freshly built, untrained network from its own seed."""
+
+    label: str = field(compare=False)  # for people; two specs that differ only in it are one task
+    arch: str
+    width: float
+    seed: int
+    num_classes: int
+    options: tuple = ()
+
+    def cost(self, shape) -> tuple[float, float]:
+        return 0.0, 0.0
+
+    def key(self) -> str:
+        return (f"random:{self.arch}:{self.width}:{self.seed}:"
+                + ",".join(f"{k}={v}" for k, v in sorted(self.options)))
+
+
+@dataclass(frozen=True)
+class FrozenPrefix:
+    """The first `stages` spine stages copied from `source` and kept fixed (None: decided when the
+    experiment runs, from results the plan cannot know)."""
+
+    source: Task
+    stages: int | None
+
+
+@dataclass(frozen=True)
+class TrainedModel(Task):
+    """A network trained with `recipe` on `train` and evaluated on `test`. `checkpoints`: epochs at
+    which its test error is recorded (and, with `keep_checkpoints`, its weights kept); `frozen`:
+    freeze training; `simclr_epochs`: self-supervised first, then a linear classifier."""
+
+    kind = "model"
+    label: str = field(compare=False)  # for people; two specs that differ only in it are one task
+    arch: str
+    width: float
+    seed: int
+    train: SplitRef
+    test: SplitRef
+    recipe: Recipe
+    options: tuple = ()
+    checkpoints: tuple = ()
+    keep_checkpoints: bool = False
+    frozen: FrozenPrefix | None = None
+    simclr_epochs: float | None = None
+
+    def deps(self) -> tuple:
+        return (self.frozen.source,) if self.frozen is not None else ()
+
+    def steps(self) -> int:
+        """The SGD steps the training loop takes (it drops the last partial batch of each epoch)."""
+        per_epoch = max(1, self.train.size // self.recipe.batch_size)
+        return self.recipe.steps or max(1, math.ceil(self.recipe.epochs * per_epoch))
+
+    def cost(self, shape) -> tuple[float, float]:
+        """(images processed, FLOPs): training, SimCLR, and the test evaluations."""
+        _, flops = architecture_info(self.arch, self.width, self.options, shape)
+        trained = self.steps() * self.recipe.batch_size
+        evaluated = self.test.size * (1 + len(self.checkpoints))
+        work = trained * TRAIN_PASSES + evaluated
+        images = trained + evaluated
+        if self.simclr_epochs is not None:
+            simclr = self.simclr_epochs * self.train.size
+            images += simclr
+            work += simclr * SIMCLR_PASSES
+        return images, work * flops
+
+    def config(self, identity: dict, device: str, in_channels: int, source_key: str | None) -> dict:
+        """The artifact's configuration, as the store keys it."""
+        config = dict(arch=self.arch, width=self.width, options=dict(self.options), seed=self.seed,
+                      num_classes=self.train.num_classes, in_channels=in_channels, recipe=self.recipe.as_config(),
+                      data=identity, train_split=self.train.recipe(), test_split=self.test.recipe(), device=device)
+        # Only present when used, so plain models keep the keys they were stored under.
+        if self.checkpoints:
+            config.update(checkpoints=[float(e) for e in self.checkpoints], keep_checkpoints=self.keep_checkpoints)
+        if self.frozen is not None:
+            config["frozen"] = dict(source=source_key, stages=self.frozen.stages)
+        if self.simclr_epochs is not None:
+            config["simclr"] = dict(epochs=float(self.simclr_epochs), batch_size=256, temperature=0.5)
+        return config
+
+    def plain(self) -> "TrainedModel":
+        """The same run without checkpoints (its end may be stored already)."""
+        return dataclasses.replace(self, checkpoints=(), keep_checkpoints=False)
+
+
+@dataclass(frozen=True)
+class Checkpoint(Task):
+    """The weights of `run` (which keeps its checkpoints) at `epoch`: no training of its own."""
+
+    label: str = field(compare=False)  # for people; two specs that differ only in it are one task
+    run: TrainedModel
+    epoch: float
+
+    def deps(self) -> tuple:
+        return (self.run,)
+
+    def cost(self, shape) -> tuple[float, float]:
+        return 0.0, 0.0
+
+    @property
+    def arch(self):
+        return self.run.arch
+
+    @property
+    def width(self):
+        return self.run.width
+
+    @property
+    def options(self):
+        return self.run.options
+
+
+@dataclass(frozen=True)
+class Stitch(Task):
+    """Stitch `bottom` into `top` at every cut (one pass over the data for all cuts)."""
+
+    kind = "stitch"
+    label: str = field(compare=False)  # for people; two specs that differ only in it are one task
+    top: Task
+    bottom: Task
+    train: SplitRef
+    test: SplitRef
+    settings: tuple  # epochs, lr, ls_samples and any of kernel_size, bn_policy, init
+
+    def deps(self) -> tuple:
+        return (self.top, self.bottom)
+
+    def cost(self, shape) -> tuple[float, float]:
+        n_cuts, flops = architecture_info(self.top.arch, self.top.width, self.top.options, shape)
+        s = dict(self.settings)
+        ls = min(s["ls_samples"], self.train.size)
+        # Every cut trains in the same pass: the bottom runs once per batch, the top once per cut.
+        trained = s["epochs"] * self.train.size
+        evaluated = 2 * self.test.size  # at initialisation and after training
+        work = flops * ((trained + ls) * (1 + STITCH_PASSES * n_cuts) / 2 + evaluated * n_cuts)
+        return trained + ls + evaluated, work
+
+    def config(self, identity: dict, device: str, top_key: str, bottom_key: str) -> dict:
+        return dict(bottom=bottom_key, top=top_key, data=identity, train_split=self.train.recipe(),
+                    test_split=self.test.recipe(), device=device, **dict(self.settings))
+
+
+@dataclass(frozen=True)
+class CKA(Task):
+    """Linear CKA between `a` and `b` at every cut, on `images`."""
+
+    kind = "cka"
+    label: str = field(compare=False)  # for people; two specs that differ only in it are one task
+    a: Task
+    b: Task
+    images: SplitRef
+    estimator: str
+    batch_size: int = 250
+
+    def deps(self) -> tuple:
+        return (self.a, self.b)
+
+    def cost(self, shape) -> tuple[float, float]:
+        _, fa = architecture_info(self.a.arch, self.a.width, self.a.options, shape)
+        _, fb = architecture_info(self.b.arch, self.b.width, self.b.options, shape)
+        return self.images.size, self.images.size * (fa + fb)
+
+    def config(self, identity: dict, device: str, a_key: str, b_key: str) -> dict:
+        return dict(a=a_key, b=b_key, data=identity, images=self.images.recipe(), estimator=self.estimator,
+                    batch_size=self.batch_size, device=device)
+
+
+@dataclass(frozen=True)
+class PretrainedStitch(Task):
+    """A pretrained ResNet-50 bottom stitched into the supervised one on ImageNet images (Fig. 2B):
+    its key needs the weights' and images' digests, known only when they are read."""
+
+    label: str = field(compare=False)  # for people; two specs that differ only in it are one task
+    weights: str
+    samples: int
+    settings: tuple
+
+    def cost(self, shape) -> tuple[float, float]:
+        n_cuts, flops = architecture_info(IMAGENET_RESNET50, 1.0, (), (3, 224, 224))
+        s = dict(self.settings)
+        half = self.samples // 2
+        trained = s["epochs"] * half
+        work = flops * ((trained + half) * (1 + STITCH_PASSES * n_cuts) / 2 + 2 * half * n_cuts + 2 * half)
+        return trained + 3 * half, work
+
+
+__all__ = ["SplitRef", "Task", "RandomModel", "TrainedModel", "Checkpoint", "FrozenPrefix", "Stitch", "CKA",
+           "PretrainedStitch", "architecture_info", "field"]
