@@ -132,6 +132,7 @@ def plot(results, folder: Path | None = None, *, caption: str | None = None) -> 
     intervals (`stitchlib.claims.summary_table`), dashed lines the paper's numbers. Returns the
     figures by name and the paths written."""
     from .claims import summary_table  # claims reads experiments, which plotting need not load first
+    from .experiments import EXPERIMENTS
 
     folder = results.setup.figures if folder is None else folder
     caption = data_caption(results.setup) if caption is None else caption
@@ -139,7 +140,7 @@ def plot(results, folder: Path | None = None, *, caption: str | None = None) -> 
     caption += f"; mean over seed pairs, bands: {confidence:.0%} intervals"
     sns.set_theme(context="paper", style="ticks")
     summary = summary_table(results)
-    figures = results.experiment.figures(results, summary, caption)
+    figures = EXPERIMENTS[results.setup.experiment].figures(results, summary, caption)
     paths = [path for name, fig in figures.items() for path in save_figure(fig, folder, name)]
     return {**figures, "paths": paths}
 

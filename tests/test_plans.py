@@ -211,3 +211,20 @@ def test_a_comparison_without_machine_columns_is_refused():
     top = make_plan("label_noise").comparisons[0].top
     with pytest.raises(ValueError, match="lack the machine columns"):
         compare(p, Splits.of(p), top, top, dict(panel="x", pair="y"))
+
+
+def test_table1_sources_that_do_not_fit_stop_05_before_any_work(tmp_path, monkeypatch):
+    """05 at one epoch would read 04 with checkpoints beyond its run: the plan says so, and the run
+    stops on it before training anything (unless the caller gives 01-04's setups itself)."""
+    plan = make_plan("ablations", epochs=1.0)
+    assert "more_is_better" not in plan.uses and any("checkpoint_epochs" in n for n in plan.notes)
+    s = stitchlib.setup("ablations", device="cpu", store=str(tmp_path / "s"), figures_dir=str(tmp_path / "f"),
+                        epochs=1.0)
+
+    def forbidden(*a, **k):
+        raise AssertionError("trained before refusing")
+
+    monkeypatch.setattr(stitchlib.experiments.compute, "train_model", forbidden)
+    with pytest.raises(ValueError, match="Table 1 needs the results of .*more_is_better cannot be read at profile "
+                                         "'smoke'.*checkpoint_epochs"):
+        stitchlib.ablations(s)

@@ -48,7 +48,8 @@ def test_relative_bounds_follow_the_reference_curve(tmp_path):
     """Claims about a difference (a weak bottom within 3 points of the clean seed over the first
     half of the cuts) draw the paper's bound as the reference curve shifted by 3, where the claim
     looks."""
-    rows = [dict(panel="labels", pair=pair, labels=labels, noise=noise, pair_index=i, seed_top=2 * i,
+    rows = [dict(panel="labels", pair=pair, labels=labels, noise=noise, panel_id="labels", top_role="clean",
+                 bottom_role=labels, comparison="stitch", pair_index=i, seed_top=2 * i,
                  seed_bottom=2 * i + 1, cut_index=c, cut=f"c{c}", penalty=c + shift + i, penalty_init=c + shift,
                  cka=0.5)
             for pair, labels, noise, shift in (("clean labels", "clean", 0.0, 0.0), ("100% label noise", "noise", 1.0, 9.0))

@@ -111,6 +111,11 @@ def plan(p: AblationParams, profile: str, uses: dict) -> Plan:
 def run(s: Setup, others: dict[str, Setup] | None = None):
     from ..models import cut_points
 
+    if others is None and set(s.plan.uses) != set(TABLE1_SOURCES):
+        # Checked before any work: Table 1 would otherwise fail after the fine-tuning.
+        raise ValueError("Table 1 needs the results of " + ", ".join(TABLE1_SOURCES) + "; "
+                         + "; ".join(s.plan.notes) + ". Give them as ablations(run, others={name: setup(...)}), "
+                         "or run 05 with parameters they accept")
     table, bar = run_plan(s, "ablations", extra_units=len(s.plan.extra))
     rows = []
     with bar:

@@ -181,15 +181,23 @@ def make_plan(experiment: str, profile: str = "smoke", **params) -> Plan:
     """The plan of `experiment` at `profile` with `params`: checked, nothing loaded or trained."""
     e = experiment_named(experiment)
     p = e.Params.resolve(profile, **params)
-    uses = {}
+    uses, notes = {}, []
     for name in e.uses:
         other = EXPERIMENTS[name]
         # The same run's shared parameters (seeds, sizes, the stitcher...) carry over to the
         # experiments it reads, so that their results are those of this profile and these seeds.
         shared = {k: v for k, v in p.as_dict().items()
                   if k in Common.names() and k in other.Params.names() and v != p.default(k, profile)}
-        uses[name] = make_plan(name, profile, **shared)
-    return e.plan(p, profile, uses)
+        try:
+            uses[name] = make_plan(name, profile, **shared)
+        except (ValueError, TypeError) as err:
+            # Kept, not raised: a caller may give those results itself (ablations.run(s, others));
+            # without them the run stops on this before any work.
+            notes.append(f"{name} cannot be read at profile {profile!r} with this run's shared parameters "
+                         f"{shared}: {err}")
+    plan = e.plan(p, profile, uses)
+    plan.notes += notes
+    return plan
 
 
 @dataclass

@@ -178,7 +178,7 @@ class Common(Params):
 
 def check_width(name: str, value) -> None:
     if not (_is_number(value) and value > 0):
-        raise ValueError(f"{name} must be a number > 0, got {value!r}")
+        raise ValueError(f"{name} must be > 0, got {value!r}")
 
 
 def check_widths(name: str, values) -> None:
