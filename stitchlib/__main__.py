@@ -40,6 +40,8 @@ def main(argv=None) -> int:
     planning.add_argument("-y", "--parameters_yaml", action="append", default=[], help="parameters as YAML")
     planning.add_argument("-f", "--parameters_file", action="append", default=[], help="a YAML file of parameters")
     planning.add_argument("--store", default=None, help="the artifact store (default: $STITCHLIB_STORE or runs/store)")
+    planning.add_argument("--device", default=None, help="the device the run will use: store keys include its type "
+                                                         "(default: the -p/-f device, else auto: CUDA if here)")
     planning.add_argument("--summary", action="store_true", help="only the cost per task kind, not every task")
     args = parser.parse_args(argv)
     if args.command == "plan":
@@ -93,9 +95,11 @@ def _plan(args) -> int:
     given.update({name: _papermill_type(value) for name, value in args.parameters})
     profile = args.profile or given.pop("profile", None) or "smoke"
     given.pop("profile", None)
-    given.pop("device", None)  # a plan is the same on every device
+    # The tasks are the same on every device; their store keys carry the device type.
+    device = args.device or given.pop("device", None) or "auto"
+    given.pop("device", None)
     try:
-        text = plan_report(args.notebook, profile, store=args.store, summary=args.summary, **given)
+        text = plan_report(args.notebook, profile, store=args.store, device=device, summary=args.summary, **given)
     except (ValueError, TypeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

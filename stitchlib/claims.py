@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
 __all__ = ["check_claims", "summary_table", "summarize", "table1"]
 
-RANDOM_CONTROL_FAMILIES = ("ResNet-18",)
+RANDOM_CONTROL_ARCHS = ("resnet18",)  # where the paper makes claims (b) and (c): its ResNet-18
 CLAIM_COLUMNS = ["claim", "model", "statistic", "low", "high", "threshold", "paper", "verdict", "pairs", "worst_cut"]
 # The columns of a results table that hold numbers per row; the rest say what the row is.
 _VALUES = {"error_init", "error", "top_error", "bottom_error", "penalty_init", "penalty", "cka", "pair_index",
@@ -143,10 +143,10 @@ def connectivity_claims(j: _Judge, results: Results) -> None:
     t = results.table
     for (family, width), f in t.groupby(["family", "width"], sort=False):
         model = f"{family} w={width:g}"
-        trained, random = f[f["bottom"] == "trained"], f[f["bottom"] == "random"]
+        trained, random = f[f["bottom_role"] == "trained"], f[f["bottom_role"] == "random"]
         j.every_cut("(a) two seeds are stitching-connected: penalty at every cut (points)", model, trained, "<=",
                     "close")
-        if random.empty or family not in RANDOM_CONTROL_FAMILIES:
+        if random.empty or not (random["arch"].isin(RANDOM_CONTROL_ARCHS) & (random["panel_id"] == "seeds")).all():
             continue
         j.claim("(b) a random bottom is not stitching-connected: its mean penalty over the later half of the cuts "
                 "(points)", model, mean_over_cuts(later_half(random)), ">", "random_late")
@@ -230,9 +230,9 @@ def more_is_better_claims(j: _Judge, results: Results) -> None:
     if latest > p["top_epoch"]:
         helps("a bottom trained longer", pair("training_time", float(latest)),
               f"epoch {latest:g} into epoch {p['top_epoch']:g}")
-    for frame, model in ((pair(into_one, narrow), f"width {narrow:g} into {one:g}"),
-                         (pair(from_one, wide), f"width {one:g} into {wide:g}")):
-        if not frame.empty and model.split()[1] != model.split()[3]:
+    for frame, model, differs in ((pair(into_one, narrow), f"width {narrow:g} into {one:g}", narrow != one),
+                                  (pair(from_one, wide), f"width {one:g} into {wide:g}", wide != one)):
+        if not frame.empty and differs:
             j.claim("(b) a narrower bottom does not help: mean penalty over the later half of the cuts (points)", model,
                     mean_over_cuts(later_half(frame)), ">=", "better")
     early = pair("training_time", float(first))
@@ -244,7 +244,7 @@ def more_is_better_claims(j: _Judge, results: Results) -> None:
     frozen = final[final["frozen_stages"] > 0]
     stat = {}
     for _, row in frozen.iterrows():
-        normal = final[(final["run"] == "normal training") & (final["pair_index"] == row["pair_index"])].iloc[0]
+        normal = final[(final["frozen_stages"] == 0) & (final["pair_index"] == row["pair_index"])].iloc[0]
         stat[row["pair_index"]] = (row["test_error"] - normal["test_error"],
                                    np.asarray(row["_wrong"], np.float32) - np.asarray(normal["_wrong"], np.float32))
     # With no stage near zero the prediction could not be tested: no statistic, "inconclusive". Which

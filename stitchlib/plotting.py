@@ -221,7 +221,8 @@ def ablation_figures(results, t: pd.DataFrame, caption: str) -> dict:
         # The claim: each k's penalty within 3 points of k = 1's (drawn as k = 1's curve +- 3).
         "fig4_kernel_size": _grid({"kernel size": kernel}, ["penalty"],
                                   _titled("Stitcher kernel size (Fig. 4)", caption), hue="pair",
-                                  relative=(kernel[kernel["value"] == 1]["pair"].iloc[0],
+                                  relative=None if not (kernel["value"] == 1).any() else (
+                                            kernel[kernel["value"] == 1]["pair"].iloc[0],
                                             [-paper_value("kernel"), paper_value("kernel")],
                                             f"paper: k = 1 +- {paper_value('kernel'):g} points (claim: mean over "
                                             "these cuts)", maps or None)),

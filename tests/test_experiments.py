@@ -11,7 +11,7 @@ from stitchlib.experiments import compute as X
 from stitchlib.experiments import more_is_better as M
 from stitchlib.experiments import ssl_vs_e2e as SSLE
 from stitchlib.experiments.core import Splits
-from stitchlib.experiments.tasks import RandomModel, TrainedModel
+from stitchlib.experiments.tasks import FrozenPrefix, RandomModel, TrainedModel
 from stitchlib.pretrained import IMAGENET_WEIGHTS
 from stitchlib.store import CorruptArtifactWarning
 from stitchlib.training import RECIPES
@@ -120,7 +120,7 @@ def test_random_control_shares_no_weight_with_trained_networks(tiny):
     (dict(arch="vgg11"), ValueError, "unknown architecture 'vgg11'"),
     (dict(widths=[0.5, 0]), ValueError, "widths must be a non-empty list of numbers > 0"),
     (dict(widths=[]), ValueError, "widths must be a non-empty list"),
-    (dict(train_samples=60000), ValueError, r"train_samples=60000 must be in \[1, 50000\] \(the training split"),
+    (dict(train_samples=60000), ValueError, r"train_samples=60000 must be in \[128, 50000\] \(the training split"),
     (dict(train_samples="5000"), TypeError, "parameter 'train_samples' must be int, got str '5000'"),
     (dict(epochs=True), TypeError, "parameter 'epochs' must be int or float"),
     (dict(stitch_samples=20000, train_samples=10000), ValueError,
@@ -270,6 +270,13 @@ def test_more_is_better_panels_equal_steps_checkpoints_and_freeze_training(tmp_p
     assert claims["model"].iloc[7] == "freeze training" and claims["worst_cut"].iloc[7] == ""
     names = sorted({p.stem for p in stitchlib.plot(res)["paths"]})
     assert names == ["fig2c_samples", "fig3b_training_time", "fig3c_width", "fig7_more_cka", "fig9_freeze"]
+    # The plan's keys are the run's: checkpoints, equal-steps models, and the frozen-prefix runs once
+    # their prefix is known (10 stages here).
+    keys = s.runner.keys
+    unknown = [t for t in s.plan.tasks() if keys.stored(t) is None]
+    assert all(keys.stored(t) for t in s.plan.tasks() if t not in unknown)
+    assert len(unknown) == 2 and all(t.frozen.stages is None for t in unknown)
+    assert all(keys.stored(dataclasses.replace(t, frozen=FrozenPrefix(t.frozen.source, 10))) for t in unknown)
     assert (tmp_path / "figures" / "04_freeze_training.csv").exists()
 
 
@@ -281,9 +288,9 @@ def test_freeze_prefix_stops_at_the_first_costly_cut():
 
 
 @pytest.mark.parametrize("experiment,kwargs,error,match", [
-    ("more_is_better", dict(samples=60000), ValueError, r"samples=60000 must be in \[1, 50000\] \(the training split"),
-    ("more_is_better", dict(samples=0), ValueError, r"samples=0 must be in \[1, 50000\]"),
-    ("more_is_better", dict(fewer_samples=-5), ValueError, r"fewer_samples=-5 must be in \[1, 50000\]"),
+    ("more_is_better", dict(samples=60000), ValueError, r"samples=60000 must be in \[128, 50000\] \(the training split"),
+    ("more_is_better", dict(samples=0), ValueError, r"samples=0 must be in \[128, 50000\]"),
+    ("more_is_better", dict(fewer_samples=-5), ValueError, r"fewer_samples=-5 must be in \[128, 50000\]"),
     ("more_is_better", dict(samples=8000), ValueError, "fewer_samples < top_samples < samples"),
     ("more_is_better", dict(samples=2.5e4), TypeError, "parameter 'samples' must be int"),
     ("more_is_better", dict(checkpoint_epochs=[1.0, 9.0]), ValueError, r"epochs in \(0, epochs=4\]"),
@@ -392,6 +399,7 @@ def test_ssl_vs_e2e_stitches_both_ways_and_says_what_imagenet_needs(tmp_path, mo
     sss = t[t["direction"] == "SSS into E2E"]
     assert not set(sss["seed_bottom"]) & {0, 1, 2, 3}
     assert sorted({p.stem for p in stitchlib.plot(res)["paths"]}) == ["fig6_ssl_vs_e2e"]
+    assert all(s.runner.keys.stored(t) for t in s.plan.tasks())  # the SimCLR models' keys too
     # A folder without class folders, then one with images but no weights (offline): skipped, with the reason.
     (tmp_path / "val").mkdir()
     monkeypatch.setattr(torch.hub, "download_url_to_file", lambda *a, **k: (_ for _ in ()).throw(OSError("offline")))

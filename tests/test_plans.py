@@ -129,7 +129,7 @@ def test_plans_load_no_data_and_build_no_weights(monkeypatch):
     (["01", "-p", "bogus", "1"], r"unknown parameters \['bogus'\] for 'connectivity'; valid:"),
     (["01", "-p", "widths", "1.0"], "parameter 'widths' must be list, got float 1.0"),
     (["03", "-p", "noise", "[0.5]"], r"give lists and dicts as YAML: -y \"noise: \[0.5\]\""),
-    (["04", "-p", "samples", "60000"], r"samples=60000 must be in \[1, 50000\]"),
+    (["04", "-p", "samples", "60000"], r"samples=60000 must be in \[128, 50000\]"),
     (["04", "-y", "checkpoint_epochs: [1, 9]"], r"epochs in \(0, epochs=4\]"),
     (["01", "-p", "stitch_samples", "20000"], r"stitch_samples=20000 must be in \[1, 10000\]"),
     (["02", "-p", "seeds", "3"], "parameter 'seeds' must be list"),
@@ -228,3 +228,37 @@ def test_table1_sources_that_do_not_fit_stop_05_before_any_work(tmp_path, monkey
     with pytest.raises(ValueError, match="Table 1 needs the results of .*more_is_better cannot be read at profile "
                                          "'smoke'.*checkpoint_epochs"):
         stitchlib.ablations(s)
+
+
+def test_an_int_for_a_float_parameter_is_the_same_run():
+    """papermill's `-p width 1` gives an int: the same models, the same keys as 1.0."""
+    from stitchlib.experiments.compute import KeyContext
+    from stitchlib.store import Store
+    keys = KeyContext(Store("/nonexistent"), {"name": "cifar10", "source": "x", "sha256": "0"}, "cpu", 3)
+    as_int, as_float = make_plan("ablations", "paper", width=1), make_plan("ablations", "paper")
+    assert as_int.params.width == 1.0 and isinstance(as_int.params.width, float)
+    assert len(as_int.tasks()) == len(as_float.tasks())
+    assert [keys.key(t) for t in as_int.tasks()] == [keys.key(t) for t in as_float.tasks()]
+    assert make_plan("04", widths=[1, 2], width=1).params.widths == [1.0, 2.0]
+
+
+@pytest.mark.parametrize("notebook,params,message", [
+    ("04", dict(fewer_samples=100), r"fewer_samples=100 must be in \[128, 50000\].*at least one batch of 128"),
+    ("01", dict(train_samples=200, stitch_samples=100, disjoint=True), r"each half needs at least one batch of 128.*train_samples >= 256"),
+    ("02", dict(imagenet_dir="/nonexistent/val", imagenet_samples=100),
+     r"imagenet_samples=100 cannot give both halves .* 1000 classes .* >= 2000"),
+    ("05", dict(finetune_arch={"depth": 12}), r"finetune_arch \(the ResNet-164 family\): depth must be 9n \+ 2"),
+    ("01", dict(architectures={"myrtle": {"depth": 3}}), r"architectures\['myrtle'\]: .*unexpected keyword .*depth"),
+])
+def test_sizes_and_architectures_that_cannot_run_are_refused_by_the_plan(notebook, params, message):
+    with pytest.raises(ValueError, match=message):
+        make_plan(notebook, **params)
+
+
+def test_the_plan_keys_name_the_device_the_run_will_use(capsys, tmp_path):
+    assert main(["plan", "03", "--summary", "--device", "cuda", "--store", str(tmp_path)]) == 0
+    assert "keys for device cuda" in capsys.readouterr().out
+    assert main(["plan", "03", "-p", "device", "cpu", "--summary", "--store", str(tmp_path)]) == 0
+    assert "keys for device cpu" in capsys.readouterr().out
+    assert main(["plan", "03", "--device", "tpu"]) == 2
+    assert "unknown device 'tpu'" in capsys.readouterr().err

@@ -97,9 +97,12 @@ def _package_copy(tmp_path):
     return copy
 
 
-@pytest.mark.parametrize("edited", ["experiments/connectivity.py", "experiments/more_is_better.py",
-                                    "experiments/core.py", "experiments/params.py", "claims.py", "plotting.py",
-                                    "report.py", "statistics.py", "__main__.py", "__init__.py"])
+PIPELINE = sorted(f"experiments/{p.name}" for p in (pathlib.Path(stitchlib.__file__).parent / "experiments").glob("*.py")
+                  if p.name != "compute.py")
+
+
+@pytest.mark.parametrize("edited", PIPELINE + ["claims.py", "plotting.py", "report.py", "statistics.py", "paper.py",
+                                               "tables.py", "__main__.py", "__init__.py"])
 def test_editing_a_pipeline_keeps_every_stored_key(tmp_path, edited):
     """A paper-profile user who edits a notebook's pipeline, a claim or a plot keeps every trained
     model: keys cover only the modules that compute what is stored."""

@@ -16,8 +16,8 @@ from .. import claims as C
 from .. import plotting
 from ..models import ARCHITECTURES
 from ..training import RECIPES
-from .core import Comparison, Experiment, Plan, Setup, Splits, compare, finish, machine, pair_columns, register, run_plan
-from .params import Common, check_architecture, check_widths, param
+from .core import Experiment, Plan, Setup, Splits, compare, equal_steps, finish, machine, pair_columns, register, run_plan
+from .params import BATCH_SIZE, Common, check_architecture, check_widths, param
 from .tasks import RandomModel, TrainedModel
 
 FAMILY_NAMES = {"resnet18": "ResNet-18", "myrtle": "Myrtle CNN", "vit": "ViT"}
@@ -35,7 +35,7 @@ class ConnectivityParams(Common):
     # Two seed pairs of fewer panels than the paper's within the CPU budget: one ResNet-18 width,
     # ResNet-11 (the ResNet-164 family at n = 1), the Myrtle CNN; the ViT and the disjoint halves
     # run at the paper profile (or with -y/-p).
-    widths: list = param("width multipliers (first layer 64 x w)", [0.125], [0.5, 1.0, 2.0])
+    widths: list = param("width multipliers (first layer 64 x w)", [0.125], [0.5, 1.0, 2.0], items=float)
     random_seed: int = param("seed of the untrained random-network control (plus the pair's index)", 100)
     # ResNet-164; the Myrtle CNN for 80K steps (205 epochs); the paper's ViT (trained on CIFAR-5m
     # there, on CIFAR-10 here).
@@ -49,6 +49,9 @@ class ConnectivityParams(Common):
     def check(self) -> None:
         super().check()
         check_widths("widths", self.widths)
+        if self.disjoint and self.train_samples // 2 < BATCH_SIZE:
+            raise ValueError(f"disjoint=True trains on halves of train_samples={self.train_samples}: each half needs "
+                             f"at least one batch of {BATCH_SIZE} images, so train_samples >= {2 * BATCH_SIZE}")
         for arch, opts in self.architectures.items():
             check_architecture(arch, opts, ("width", "depth", "epochs"),
                                f"architectures[{arch!r}]" if arch in ARCHITECTURES else "architectures")
@@ -78,12 +81,11 @@ def _families(p: ConnectivityParams, splits: Splits) -> list[_Family]:
         out.append(_Family(family_name(arch, opts), arch, width, tuple(sorted(opts.items())), epochs, "seeds", same))
     if p.disjoint:
         # Section 4: "a similar result holds for networks trained on disjoint train sets".
-        # The paper's recipe is a number of SGD steps, so each half gets as many steps as the
-        # full subset does: twice the epochs. Each seed pair draws its own halves.
+        # The paper's recipe is a number of SGD steps, so each half takes as many steps as the
+        # full subset does (about twice the epochs; `equal_steps`). Each seed pair draws its own halves.
         halves = [splits.train.halves(seed=3 + i) for i in range(len(p.seed_pairs()))]
         width = p.widths[len(p.widths) // 2]
-        epochs = p.epochs * splits.train.size / halves[0][0].size
-        out.append(_Family("ResNet-18, disjoint halves", p.arch, width, (), epochs, "disjoint", halves,
+        out.append(_Family("ResNet-18, disjoint halves", p.arch, width, (), p.epochs, "disjoint", halves,
                            with_random=False))
     return out
 
@@ -93,6 +95,8 @@ def plan(p: ConnectivityParams, profile: str, uses: dict) -> Plan:
     comparisons = []
     for f in _families(p, splits):
         recipe = dataclasses.replace(RECIPES[f.arch], epochs=float(f.epochs))
+        if f.panel == "disjoint":
+            recipe = equal_steps(p, recipe, f.train_splits[0][0].size)
         for i, (seeds, train_splits) in enumerate(zip(p.seed_pairs(), f.train_splits)):
             top, bottom = (TrainedModel(f"{f.family} w={f.width:g} seed {seed}", f.arch, f.width, seed, split,
                                         splits.test, recipe, f.options)
@@ -129,4 +133,4 @@ EXPERIMENT = register(Experiment(
     columns=dict(panel_id={"seeds", "disjoint"}, top_role={"trained"}, bottom_role={"trained", "random"},
                  comparison={"stitch"})))
 
-__all__ = ["ConnectivityParams", "plan", "run", "family_name", "Comparison"]
+__all__ = ["ConnectivityParams", "plan", "run", "family_name"]

@@ -8,6 +8,7 @@ plan's results into tidy tables. `setup` checks the parameters and plans before 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import zlib
@@ -24,7 +25,7 @@ from .. import data as data_mod
 from ..models import cut_points
 from ..store import Store
 from ..tables import write_csv
-from ..training import resolve_device
+from ..training import Recipe, resolve_device
 from .compute import KeyContext, Runner
 from .params import Common, Params
 from .tasks import CKA, Checkpoint, PretrainedStitch, RandomModel, SplitRef, Stitch, Task, TrainedModel
@@ -96,9 +97,6 @@ class Plan:
                 for t in other.tasks():
                     visit(t)
         return list(seen)
-
-    def models(self) -> list[Task]:
-        return [t for t in self.tasks() if isinstance(t, (TrainedModel, RandomModel, Checkpoint))]
 
     def cost(self) -> pd.DataFrame:
         """Estimated cost per task kind: how many tasks, images processed, PFLOP and hours on the
@@ -293,6 +291,18 @@ class Splits:
         return cls(train, test, test.subset(p.cka_samples, 2))
 
 
+def equal_steps(p: Common, recipe: Recipe, n: int) -> Recipe:
+    """The recipe for a model trained on n images: as many SGD steps as the base model's
+    (train_samples images for `epochs` epochs), as in the paper, whose recipe is 64K steps
+    whatever the sample size. Steps are counted as the training loop takes them: whole batches
+    (it drops the last partial one). The base model itself keeps its epochs-defined recipe, so
+    the store shares it with the other notebooks."""
+    if n == p.train_samples:
+        return recipe
+    steps = max(1, math.ceil(recipe.epochs * (p.train_samples // recipe.batch_size)))
+    return dataclasses.replace(recipe, epochs=steps / (n // recipe.batch_size), steps=steps)
+
+
 def stitch_images(p: Common, top_train: SplitRef) -> SplitRef:
     """The stitcher's training images: drawn from those its top was trained on (more data never
     leaks in through the stitcher), stitch_samples of them, or all of them if the top has fewer."""
@@ -316,9 +326,10 @@ def machine(panel_id: str, top_role: str, bottom_role: str, comparison: str = "s
 
 
 def compare(p: Common, splits: Splits, top: Task, bottom: Task, columns: dict, *, stitch: bool = True,
-            stitch_train: SplitRef | None = None, **options) -> Comparison:
-    """Stitch `bottom` into `top` (on `stitch_train`, by default drawn from the top's training
-    images) and take their CKA. `columns` carry the machine columns (`machine`) and the labels."""
+            **options) -> Comparison:
+    """Stitch `bottom` into `top` (on images drawn from the top's training images) and take their
+    CKA. `columns` carry the machine columns (`machine`) and the labels; `options` go to the
+    stitcher (kernel_size, bn_policy, init, lr)."""
     missing = set(MACHINE_COLUMNS) - set(columns)
     if missing:
         raise ValueError(f"a comparison's columns lack the machine columns {sorted(missing)}")
@@ -326,7 +337,7 @@ def compare(p: Common, splits: Splits, top: Task, bottom: Task, columns: dict, *
         raise ValueError(f"comparison={columns['comparison']!r} but stitch={stitch}")
     label = f"{bottom.label} into {top.label}"
     if stitch:
-        train = stitch_train or stitch_images(p, top.train if isinstance(top, TrainedModel) else top.run.train)
+        train = stitch_images(p, top.train if isinstance(top, TrainedModel) else top.run.train)
         st = Stitch(label, top, bottom, train, splits.test, stitch_settings(p, **options))
     else:
         st = None
@@ -433,12 +444,16 @@ def plan_report(experiment: str, profile: str = "smoke", *, store: str | None = 
     p = plan.params
     e = experiment_named(experiment)
     identity = data_mod.last_identity(p.dataset)
-    keys = KeyContext(Store(store), identity, resolve_device(device).type, p.data_info["shape"][0])
+    # Keys include the device type: a plan made on a laptop for a GPU run says device="cuda".
+    kind = resolve_device("auto").type if device == "auto" else str(device).split(":")[0]
+    if kind not in ("cpu", "cuda"):
+        raise ValueError(f"unknown device {device!r}; use 'auto', 'cpu', 'cuda' or 'cuda:N'")
+    keys = KeyContext(Store(store), identity, kind, p.data_info["shape"][0])
     changed = {k: v for k, v in p.as_dict().items() if v != p.default(k, profile)}
     lines = [f"plan of {e.notebook} ({e.title}) at profile {profile}",
              f"parameters changed from the profile: {changed or 'none'}",
-             f"data: {identity['name'] + ' sha256 ' + identity['sha256'][:12] if identity else p.dataset + ' never loaded here: nothing of it is stored yet'}",
-             f"store: {keys.store.root}"]
+             f"data: {identity['name'] + ' sha256 ' + identity['sha256'][:12] if identity else p.dataset + ': no identity recorded in this data folder (never loaded here), so store keys are unknown (?)'}",
+             f"store: {keys.store.root} (keys for device {kind})"]
     if plan.uses:
         lines.append(f"reads the results of {', '.join(plan.uses)} (their tasks are included below)")
     lines += [f"note: {n}" for n in plan.notes]

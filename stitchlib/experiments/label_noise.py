@@ -29,7 +29,7 @@ class LabelNoiseParams(Common):
     EXPERIMENT = "label_noise"
     width: float = param("width multiplier of every model (first layer 64 x width)", 0.125, 1.0)
     noise: list = param("label-noise fractions p: round(p x N) labels drawn uniformly at random", [0.5, 1.0],
-                        [0.1, 0.5, 1.0])
+                        [0.1, 0.5, 1.0], items=float)
     coarse: bool = param("add the bottom trained on Objects vs Animals (Appendix A.2)", True)
 
     def check(self) -> None:

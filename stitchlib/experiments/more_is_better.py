@@ -29,9 +29,9 @@ from .. import claims as C
 from .. import plotting
 from ..tables import write_csv
 from ..training import RECIPES, Recipe
-from .core import (Experiment, Plan, Setup, SplitRef, Splits, compare, finish, machine, models_frame, pair_columns,
-                   register, run_plan)
-from .params import Common, check_width, check_widths, is_number, param
+from .core import (Experiment, Plan, Setup, SplitRef, Splits, compare, equal_steps, finish, machine, models_frame,
+                   pair_columns, register, run_plan)
+from .params import Common, check_training_size, check_width, check_widths, is_number, param
 from .tasks import Checkpoint, FrozenPrefix, TrainedModel
 
 
@@ -49,9 +49,10 @@ class MoreIsBetterParams(Common):
     samples: int = param('training images of the "more samples" bottom (Fig. 2C), at most the training split',
                          25000)
     checkpoint_epochs: list = param("checkpoints of the training-time run (at most epochs)", [1.0, 4.0],
-                                    [40.0, 80.0, 160.0])
+                                    [40.0, 80.0, 160.0], items=float)
     top_epoch: float = param("the checkpoint they are stitched into", 2.0, 80.0)
-    widths: list = param("widths of the width panel's bottoms and tops", [0.03125, 0.125], [0.25, 1.0, 2.0])
+    widths: list = param("widths of the width panel's bottoms and tops", [0.03125, 0.125], [0.25, 1.0, 2.0],
+                         items=float)
     # The smoke models' penalties are far from zero: a paper-level "near zero" would freeze nothing.
     freeze_max_penalty: float = param('"near zero" for freeze training: a stage is frozen if the mean penalty at '
                                       "every cut up to it is at most this (points)", 3.0, 1.0)
@@ -60,11 +61,9 @@ class MoreIsBetterParams(Common):
         super().check()
         check_width("width", self.width)
         check_widths("widths", self.widths)
-        limit = self.data_info["train"]
         for name in ("fewer_samples", "top_samples", "samples"):
-            value = getattr(self, name)
-            if not 0 < value <= limit:
-                raise ValueError(f"{name}={value} must be in [1, {limit}] (the training split of {self.dataset})")
+            check_training_size(name, getattr(self, name), self.data_info["train"],
+                                f"the training split of {self.dataset}")
         if not self.fewer_samples < self.top_samples < self.samples:
             raise ValueError("the samples experiment needs fewer_samples < top_samples < samples (fewer, equal and "
                              f"more samples than the top), got {self.fewer_samples}, {self.top_samples}, "
@@ -76,18 +75,6 @@ class MoreIsBetterParams(Common):
                              f"{self.checkpoint_epochs!r} and top_epoch={self.top_epoch!r}")
         if self.freeze_max_penalty < 0:
             raise ValueError(f"freeze_max_penalty must be >= 0 (points), got {self.freeze_max_penalty!r}")
-
-
-def equal_steps(p: Common, recipe: Recipe, n: int) -> Recipe:
-    """The recipe for a model trained on n images: as many SGD steps as the base model's
-    (train_samples images for `epochs` epochs), as in the paper, whose recipe is 64K steps
-    whatever the sample size. Steps are counted as the training loop takes them: whole batches
-    (it drops the last partial one). The base model itself keeps its epochs-defined recipe, so
-    the store shares it with the other notebooks."""
-    if n == p.train_samples:
-        return recipe
-    steps = max(1, math.ceil(p.epochs * (p.train_samples // recipe.batch_size)))
-    return dataclasses.replace(recipe, epochs=steps / (n // recipe.batch_size), steps=steps)
 
 
 def near_zero_prefix(table: pd.DataFrame, limit: float) -> int:
@@ -103,7 +90,7 @@ def near_zero_prefix(table: pd.DataFrame, limit: float) -> int:
 
 @dataclass(frozen=True)
 class _Freeze:
-    """Freeze training's runs, their test-error curve points, and each pair's fewer-samples model."""
+    """Freeze training's training set and recipe, and its test-error curve points (epochs)."""
 
     everything: SplitRef
     recipe: Recipe

@@ -14,24 +14,36 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from .. import data as data_mod
-from ..models import ARCHITECTURES, build_model
+from ..models import ARCHITECTURES
 from ..statistics import validate_confidence
+from ..training import Recipe
 
 PROFILES = ("smoke", "paper")
-PROFILE_HELP = {"smoke": "a 2-core CPU in minutes", "paper": "Appendix A's scale, GPU-hours"}
+# Every model trains in whole batches (the loop drops a last partial one): a training set needs one.
+BATCH_SIZE = Recipe().batch_size
 _SAME = object()
 # The annotation names used here and the Python types a value may have.
 _TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,), "list": (list,), "dict": (dict,)}
 
 
-def param(help: str, smoke: Any, paper: Any = _SAME):
-    """A parameter: its help text and its value at each profile (`paper` defaults to `smoke`'s)."""
-    return field(default=None, metadata=dict(help=help, profiles={"smoke": smoke,
-                                                                   "paper": smoke if paper is _SAME else paper}))
+def param(help: str, smoke: Any, paper: Any = _SAME, *, items: type | None = None):
+    """A parameter: its help text and its value at each profile (`paper` defaults to `smoke`'s).
+    `items=float`: a list of numbers, kept as floats (papermill and YAML give 1 for 1.0)."""
+    return field(default=None, metadata=dict(help=help, items=items,
+                                             profiles={"smoke": smoke, "paper": smoke if paper is _SAME else paper}))
 
 
-def _is_number(x) -> bool:
+def is_number(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _as_float(value):
+    """Numbers as floats, inside lists and dicts too: 1 and 1.0 must give one store key."""
+    if is_number(value):
+        return float(value)
+    if isinstance(value, list):
+        return [_as_float(v) for v in value]
+    return value
 
 
 @dataclass(frozen=True)
@@ -95,6 +107,9 @@ class Params:
                     hint = (f" (papermill's -p passes text; give lists and dicts as YAML: "
                             f"-y \"{f.name}: {value}\")")
                 raise TypeError(f"parameter {f.name!r} must be {names}, got {type(value).__name__} {value!r}{hint}")
+            # A float parameter given as an int (papermill's -p width 1) is the same run as 1.0.
+            if str(f.type) == "float" or (f.metadata.get("items") is float and all(is_number(v) for v in value)):
+                object.__setattr__(self, f.name, _as_float(value))
         self.check()
 
     def check(self) -> None:
@@ -103,13 +118,16 @@ class Params:
     def as_dict(self) -> dict:
         return {n: getattr(self, n) for n in self.names()}
 
-    def replace(self, **changes) -> "Params":
-        return dataclasses.replace(self, **changes)
+
+def check_size(name: str, value: int, limit: int, what: str, least: int = 1) -> None:
+    if not least <= value <= limit:
+        raise ValueError(f"{name}={value} must be in [{least}, {limit}] ({what})")
 
 
-def check_size(name: str, value: int, limit: int, what: str) -> None:
-    if not 0 < value <= limit:
-        raise ValueError(f"{name}={value} must be in [1, {limit}] ({what})")
+def check_training_size(name: str, value: int, limit: int, what: str) -> None:
+    """A model's training images: at least one whole batch, at most the split."""
+    check_size(name, value, limit, f"{what}; at least one batch of {BATCH_SIZE}, since training drops a last "
+                                   "partial batch", least=BATCH_SIZE)
 
 
 @dataclass(frozen=True)
@@ -161,7 +179,7 @@ class Common(Params):
                              f"{seeds!r}")
         validate_confidence(self.confidence)
         info = self.data_info
-        check_size("train_samples", self.train_samples, info["train"], f"the training split of {self.dataset}")
+        check_training_size("train_samples", self.train_samples, info["train"], f"the training split of {self.dataset}")
         check_size("test_samples", self.test_samples, info["test"], f"the test split of {self.dataset}")
         # The stitcher trains on part of its top model's training images; CKA uses part of the test images.
         check_size("stitch_samples", self.stitch_samples, self.train_samples,
@@ -177,12 +195,12 @@ class Common(Params):
 
 
 def check_width(name: str, value) -> None:
-    if not (_is_number(value) and value > 0):
+    if not (is_number(value) and value > 0):
         raise ValueError(f"{name} must be > 0, got {value!r}")
 
 
 def check_widths(name: str, values) -> None:
-    if not values or not all(_is_number(w) and w > 0 for w in values):
+    if not values or not all(is_number(w) and w > 0 for w in values):
         raise ValueError(f"{name} must be a non-empty list of numbers > 0, got {values!r}")
 
 
@@ -195,19 +213,18 @@ def check_architecture(arch: str, opts, allowed: tuple, where: str) -> None:
         keys = ", ".join(allowed[:-1]) + f" and {allowed[-1]}"
         raise ValueError(f"{where} must be a dict of {keys}, got {opts!r}")
     for key in ("width", "epochs"):
-        if key in opts and not (_is_number(opts[key]) and opts[key] > 0):
+        if key in opts and not (is_number(opts[key]) and opts[key] > 0):
             raise ValueError(f"{where}[{key!r}] must be a number > 0, got {opts[key]!r}")
     from .tasks import architecture_info  # a bad depth or width fails here, before any training
 
-    architecture_info(arch, opts.get("width", 1.0), tuple(sorted((k, v) for k, v in opts.items()
-                                                                 if k not in ("width", "epochs"))))
+    try:
+        architecture_info(arch, float(opts.get("width", 1.0)), tuple(sorted((k, v) for k, v in opts.items()
+                                                                            if k not in ("width", "epochs"))))
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{where}: {err}") from None
 
 
-def is_number(x) -> bool:
-    return _is_number(x)
-
-
-__all__ = ["Params", "Common", "param", "PROFILES", "build_model"]
+__all__ = ["Params", "Common", "param", "PROFILES", "BATCH_SIZE"]
 
 
 # ---------------------------------------------------------------- generated from the declarations

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 
 import pandas as pd
 
@@ -55,9 +56,17 @@ class SslParams(Common):
         if not self.imagenet_weights or set(self.imagenet_weights) - set(valid):
             raise ValueError(f"imagenet_weights must list self-supervised ResNet-50s to stitch into the supervised "
                              f"one, from {valid}; got {self.imagenet_weights!r}")
+        # Both halves need an image of every class: counted from the folder's class folders (a
+        # listing, no image read), or ImageNet's 1000 if the folder is not there yet.
+        folder = Path(self.imagenet_dir).expanduser() if self.imagenet_dir else None
+        classes = (sum(1 for d in folder.iterdir() if d.is_dir()) if folder is not None and folder.is_dir()
+                   else 1000) or 1
+        if self.imagenet_dir and self.imagenet_samples < 2 * classes:
+            raise ValueError(f"imagenet_samples={self.imagenet_samples} cannot give both halves (stitcher training, "
+                             f"test) an image of each of the {classes} classes of {self.imagenet_dir}: give "
+                             f"imagenet_samples >= {2 * classes}")
         if self.imagenet_samples < 2:
-            raise ValueError(f"imagenet_samples must be >= 2 (half train the stitcher, half test; at least one image "
-                             f"of every class in each), got {self.imagenet_samples!r}")
+            raise ValueError(f"imagenet_samples must be >= 2, got {self.imagenet_samples!r}")
 
 
 def plan(p: SslParams, profile: str, uses: dict) -> Plan:

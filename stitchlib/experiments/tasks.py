@@ -24,8 +24,13 @@ from ..training import Recipe
 TRAIN_PASSES = 3.0
 # SimCLR: two augmented views per image, each a forward and a backward.
 SIMCLR_PASSES = 2 * TRAIN_PASSES
-# A stitcher's step: the frozen bottom and top forward, the top backward to reach the stitcher.
-STITCH_PASSES = 2.0
+# A stitcher's step, per cut, in forward passes of the whole network: the top above the cut (half the
+# network, averaged over the cuts) forward and backward to reach the stitcher. The bottom runs once
+# per batch for all cuts, up to the deepest: about one pass. One cut at width 1 then predicts
+# 1 / (1 + 1.5) of the training rate: 20,100 images/s at the reference rate, against the 20,877
+# measured for the stitcher on an H200 (bench/results/gpu_paper_scale_h200_2026-11-28.json).
+STITCH_PASSES_PER_CUT = 1.5
+EVAL_PASSES_PER_CUT = 0.5
 
 
 @dataclass(frozen=True)
@@ -86,20 +91,18 @@ def architecture_info(arch: str, width: float, options: tuple, shape: tuple = (3
         return measure("cpu")
 
 
-def _options(options) -> tuple:
-    return tuple(sorted(dict(options).items()))
-
-
 class Task:
-    """Base of the specs. `kind` names the store folder (None: not stored); `name` is for people."""
+    """Base of the specs. `kind` names the store folder (None: not stored); `label` is for people."""
 
     kind: str | None = None
 
     def deps(self) -> tuple:
         return ()
 
-    def describe(self) -> str:
-        return self.label
+    def __post_init__(self):
+        # A width of 1 and of 1.0 is one model: one store key, one task.
+        if any(f.name == "width" for f in dataclasses.fields(self)):
+            object.__setattr__(self, "width", float(self.width))
 
 
 @dataclass(frozen=True)
@@ -234,13 +237,7 @@ class Stitch(Task):
 
     def cost(self, shape) -> tuple[float, float]:
         n_cuts, flops = architecture_info(self.top.arch, self.top.width, self.top.options, shape)
-        s = dict(self.settings)
-        ls = min(s["ls_samples"], self.train.size)
-        # Every cut trains in the same pass: the bottom runs once per batch, the top once per cut.
-        trained = s["epochs"] * self.train.size
-        evaluated = 2 * self.test.size  # at initialisation and after training
-        work = flops * ((trained + ls) * (1 + STITCH_PASSES * n_cuts) / 2 + evaluated * n_cuts)
-        return trained + ls + evaluated, work
+        return _stitch_cost(dict(self.settings), n_cuts, flops, self.train.size, self.test.size)
 
     def config(self, identity: dict, device: str, top_key: str, bottom_key: str) -> dict:
         return dict(bottom=bottom_key, top=top_key, data=identity, train_split=self.train.recipe(),
@@ -284,12 +281,21 @@ class PretrainedStitch(Task):
 
     def cost(self, shape) -> tuple[float, float]:
         n_cuts, flops = architecture_info(IMAGENET_RESNET50, 1.0, (), (3, 224, 224))
-        s = dict(self.settings)
         half = self.samples // 2
-        trained = s["epochs"] * half
-        work = flops * ((trained + half) * (1 + STITCH_PASSES * n_cuts) / 2 + 2 * half * n_cuts + 2 * half)
-        return trained + 3 * half, work
+        images, work = _stitch_cost(dict(self.settings), n_cuts, flops, half, self.samples - half)
+        return images + half, work + flops * half  # and the supervised top's own test error
+
+
+def _stitch_cost(settings: dict, n_cuts: int, flops: float, train: int, test: int) -> tuple[float, float]:
+    """(images, FLOPs) of stitching at every cut in one pass: the least-squares fit (forward only),
+    the stitchers' training, and the test errors at initialisation and after training."""
+    ls = min(settings["ls_samples"], train)
+    trained = settings["epochs"] * train
+    evaluated = 2 * test
+    work = flops * (trained * (1 + STITCH_PASSES_PER_CUT * n_cuts)
+                    + (ls + evaluated) * (1 + EVAL_PASSES_PER_CUT * n_cuts))
+    return trained + ls + evaluated, work
 
 
 __all__ = ["SplitRef", "Task", "RandomModel", "TrainedModel", "Checkpoint", "FrozenPrefix", "Stitch", "CKA",
-           "PretrainedStitch", "architecture_info", "field"]
+           "PretrainedStitch", "architecture_info"]
