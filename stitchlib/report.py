@@ -14,7 +14,6 @@ __all__ = ["report", "claims_markdown", "render_readme", "README_BEGIN", "README
 
 README_BEGIN = "<!-- results:begin (written by `python -m stitchlib readme`; do not edit by hand) -->"
 README_END = "<!-- results:end -->"
-NOTEBOOKS = ("01_connectivity", "02_ssl_vs_e2e", "03_label_noise", "04_more_is_better", "05_ablations")
 
 
 def _number(x) -> str:
@@ -81,8 +80,10 @@ def render_readme(readme: Path, results_dir: Path) -> str:
         parts.append(f"Measured by `make figures` with an empty store on {first['cpu']} ({first['cores']} cores), "
                      f"{first['date']}: " + ", ".join(f"`{r.notebook}` {r.seconds:.0f} s" for r in t.itertuples())
                      + f"; {t['seconds'].sum():.0f} s ({t['seconds'].sum() / 60:.1f} min) in all.")
+    from .experiments import EXPERIMENTS  # the registry: every notebook, in order
+
     total = []
-    for name in NOTEBOOKS:
+    for name in (e.notebook for e in EXPERIMENTS.values()):
         path = results_dir / f"{name}_claims.csv"
         if not path.exists():
             continue
