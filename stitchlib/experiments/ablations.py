@@ -119,13 +119,15 @@ def run(s: Setup, others: dict[str, Setup] | None = None):
     table, bar = run_plan(s, "ablations", extra_units=len(s.plan.extra))
     rows = []
     with bar:
+        # Each fine-tuning run sits beside the stitching of the same random bottom into the same top.
+        stitching = {c.bottom: c for c in s.plan.comparisons if c.columns["panel_id"] == "finetune"}
         for task in s.plan.extra:
             bar.set_postfix_str(task.label)
-            _, top_rec = s.runner.model(next(c.top for c in s.plan.comparisons if c.bottom == task.frozen.source))
+            beside = stitching[task.frozen.source]
+            _, top_rec = s.runner.model(beside.top)
             _, rec = s.runner.model(task)
             cut = cut_points(s.runner.model(task.frozen.source)[0])[task.frozen.stages - 1]
-            ft_cols = next(c.columns for c in s.plan.comparisons if c.bottom == task.frozen.source)
-            rows.append(row_of(dict(ft_cols, pair="fine-tuning", comparison="finetune"),
+            rows.append(row_of(dict(beside.columns, pair="fine-tuning", comparison="finetune"),
                                dict(cut_index=cut.index, cut=cut.name, error_init=math.nan, error=rec["test_error"],
                                     wrong_init=None, wrong=rec["wrong"]), top_rec, {}, math.nan))
             bar.update()

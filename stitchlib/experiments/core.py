@@ -28,7 +28,8 @@ from ..tables import write_csv
 from ..training import Recipe, resolve_device
 from .compute import KeyContext, Runner
 from .params import Common, Params
-from .tasks import CKA, Checkpoint, PretrainedStitch, RandomModel, SplitRef, Stitch, Task, TrainedModel
+from .tasks import (CKA, Checkpoint, PretrainedStitch, RandomModel, SplitRef, Stitch, Task, TrainedModel,
+                    architecture_info)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 # Measured H200 throughput (bench/gpu_paper_scale.py, bench/results/gpu_paper_scale_h200_2026-11-28.json):
@@ -347,8 +348,6 @@ def compare(p: Common, splits: Splits, top: Task, bottom: Task, columns: dict, *
 def units(plan: Plan) -> int:
     """Progress units: one per model, one per stitched cut, one per CKA pair."""
     shape = plan.params.data_info["shape"]
-    from .tasks import architecture_info
-
     n = len({t for c in plan.comparisons for t in (c.top, c.bottom)})
     for c in plan.comparisons:
         n += 1 + (architecture_info(c.top.arch, c.top.width, c.top.options, shape)[0] if c.stitch else 0)
