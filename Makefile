@@ -1,6 +1,10 @@
 # `make figures` and `make test` set everything up themselves (a .venv next to this file).
 # PROFILE=smoke (default, a 2-core CPU in minutes) or PROFILE=paper (Appendix A's scale, one GPU).
+# EXECUTOR=auto (default: Ray when there are 2 or more task slots, else serial), serial or ray;
+# RAY_ADDRESS= joins a running cluster ("auto" or ray://host:port) instead of starting Ray.
 PROFILE ?= smoke
+EXECUTOR ?= auto
+RAY_ADDRESS ?=
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -20,18 +24,29 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[notebooks,dev]'
 	touch $@
 
-# Each notebook's wall time goes to figures/$(PROFILE)/timings.csv with the machine, for the README.
+RUN_OPTIONS = --executor $(EXECUTOR) $(if $(RAY_ADDRESS),--ray-address $(RAY_ADDRESS))
+
+# Every notebook's tasks on one executor first (`python -m stitchlib run all`: independent models of
+# all five run side by side), then the notebooks, which only load. Each step's wall time goes to
+# figures/$(PROFILE)/timings.csv with the machine and the executor, for the README.
 figures: setup
 	@mkdir -p runs/$(PROFILE) figures/$(PROFILE)
 	@cpu=$$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1 | tr -d ','); \
-	echo "notebook,seconds,date,cpu,cores" > figures/$(PROFILE)/.timings.csv; \
+	executor=$$($(BIN)/python -c "from stitchlib.experiments.executors import make_executor as m; \
+	  print(m('$(EXECUTOR)', ray_address='$(RAY_ADDRESS)').name)") || exit 1; \
+	echo "step,seconds,date,cpu,cores,executor" > figures/$(PROFILE)/.timings.csv; \
+	start=$$(date +%s); \
+	$(BIN)/python -m stitchlib run all --profile $(PROFILE) $(RUN_OPTIONS) || exit 1; \
+	echo "compute (stitchlib run all),$$(( $$(date +%s) - start )),$$(date +%F),$$cpu,$$(nproc),$$executor" \
+	  >> figures/$(PROFILE)/.timings.csv; \
 	for nb in $(NOTEBOOKS); do \
 	  name=$$(basename $$nb .ipynb); \
 	  echo "== $$name ($(PROFILE))"; \
 	  start=$$(date +%s); \
 	  $(BIN)/papermill $$nb runs/$(PROFILE)/$$name.ipynb -f notebooks/params/$$name.$(PROFILE).yaml \
+	    -p executor $(EXECUTOR) $(if $(RAY_ADDRESS),-p ray_address $(RAY_ADDRESS)) \
 	    --cwd notebooks --progress-bar || exit 1; \
-	  echo "$$name,$$(( $$(date +%s) - start )),$$(date +%F),$$cpu,$$(nproc)" \
+	  echo "$$name,$$(( $$(date +%s) - start )),$$(date +%F),$$cpu,$$(nproc),$$executor" \
 	    >> figures/$(PROFILE)/.timings.csv; \
 	done; \
 	mv figures/$(PROFILE)/.timings.csv figures/$(PROFILE)/timings.csv
@@ -42,13 +57,19 @@ results: setup
 	$(BIN)/python -m stitchlib collect --profile $(PROFILE)
 	$(BIN)/python -m stitchlib readme --profile $(PROFILE)
 
+# The unit tests on every core (pytest-xdist, one process per core, a test file per process).
+XDIST = -n $(shell nproc) --dist loadfile
+
 unit: setup
-	$(BIN)/python -m pytest tests -q
+	$(BIN)/python -m pytest tests -q $(XDIST)
 
 NBVAL := --nbval-lax --nbval-current-env --nbval-sanitize-with $(SANITIZE) --nbval-cell-timeout 1200
 
+# The smoke plans on the default executor first (the notebooks' tasks side by side), then the unit
+# tests and nbval, which finds every notebook's results stored.
 test: setup
-	$(BIN)/python -m pytest tests $(NOTEBOOKS) $(NBVAL) -q -p no:cacheprovider
+	$(BIN)/python -m stitchlib run all --profile smoke $(RUN_OPTIONS)
+	$(BIN)/python -m pytest tests $(NOTEBOOKS) $(NBVAL) -q -p no:cacheprovider $(XDIST)
 
 # The notebooks' part of `make test` alone: nbval over the committed notebooks.
 nbval: setup

@@ -77,8 +77,10 @@ def render_readme(readme: Path, results_dir: Path) -> str:
     if timings.exists():
         t = pd.read_csv(timings)
         first = t.iloc[0]
-        parts.append(f"Measured by `make figures` with an empty store on {first['cpu']} ({first['cores']} cores), "
-                     f"{first['date']}: " + ", ".join(f"`{r.notebook}` {r.seconds:.0f} s" for r in t.itertuples())
+        parts.append(f"Measured by `make figures` (the {first['executor']} executor) with an empty store on {first['cpu']} "
+                     f"({first['cores']} cores), {first['date']}: " + ", ".join(
+                         f"{r.step if r.step.startswith('compute') else f'`{r.step}`'} {r.seconds:.0f} s"
+                         for r in t.itertuples())
                      + f"; {t['seconds'].sum():.0f} s ({t['seconds'].sum() / 60:.1f} min) in all.")
     from .experiments import EXPERIMENTS  # the registry: every notebook, in order
 

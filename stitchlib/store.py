@@ -26,10 +26,15 @@ Durability and failure model:
   match ``<key>.pt``) and does not delete them on its own, because a live
   writer in another process may still own one; ``Store.sweep_temp`` removes
   those older than a given age.
-* Concurrent writers of the same key are safe in the sense that a reader gets
-  either a verified payload or a miss; they are not de-duplicated, and a reader
-  racing a writer between its two renames may discard the fresh entry and
-  cause one extra recomputation.
+* Many workers share one store (processes on one machine, or Ray workers on a
+  file system every node mounts). ``cached`` computes each key at most once:
+  on a miss it takes a per-key lock (``root/.locks/<kind>/<key>.lock``, an
+  ``flock`` through the ``filelock`` package), looks again, and only then
+  computes. A worker waiting for the lock loads what the holder stored. The
+  kernel drops the lock of a killed worker, so a stale lock is taken over at
+  once; what the killed worker left is at most an ignored ``.tmp`` file.
+  ``save`` alone (without ``cached``) takes no lock: a reader then gets either
+  a verified payload or a miss.
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ import time
 import warnings
 from typing import Any, Callable
 
+import filelock
 import torch
 
 __all__ = [
@@ -374,9 +380,37 @@ class Store:
         found, payload = self._load(kind, config)
         if found:
             return payload
-        payload = compute()
-        self.save(kind, config, payload)
+        with self.lock(kind, config):
+            # Another worker may have stored it while this one waited for the lock.
+            found, payload = self._load(kind, config)
+            if found:
+                return payload
+            payload = compute()
+            self.save(kind, config, payload)
         return payload
+
+    def lock(self, kind: str, config: dict) -> filelock.FileLock:
+        """The per-key lock ``cached`` holds while it computes (a context manager). Lock files
+        live apart from the artifacts, under ``root/.locks/``, and are left in place: deleting a
+        lock file another worker has open would let two workers hold "the" lock at once."""
+        key = self.key(kind, config)
+        folder = self.root / ".locks" / kind
+        folder.mkdir(parents=True, exist_ok=True)
+        return filelock.FileLock(folder / f"{key}.lock")
+
+    def check_writable(self) -> None:
+        """Raise PermissionError, saying what to do, unless a worker can create files in the store
+        (checked before any work, not after the first hour of training)."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            fd, name = tempfile.mkstemp(prefix=".write-check.", suffix=_TEMP_SUFFIX, dir=self.root)
+            os.close(fd)
+            os.unlink(name)
+        except OSError as err:
+            raise PermissionError(
+                f"the artifact store {self.root} is not writable ({type(err).__name__}: {err}); give a folder this "
+                f"user can write: store=... (notebooks), --store (command line) or ${ENV_VAR}"
+            ) from None
 
     # ---- housekeeping
 

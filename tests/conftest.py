@@ -1,11 +1,18 @@
+import os
+
 import pytest
 import torch
 
-import stitchlib
-from stitchlib import data as D
-from stitchlib.training import Recipe, train_model
+# In-process unless a test asks for Ray: tests patch functions (counting training calls, say)
+# that a Ray worker, another process, would not see.
+os.environ.setdefault("STITCHLIB_EXECUTOR", "serial")
 
-torch.set_num_threads(2)
+import stitchlib  # noqa: E402
+from stitchlib import data as D  # noqa: E402
+from stitchlib.training import Recipe, train_model  # noqa: E402
+
+# Under pytest-xdist (-n 2) each worker gets one of the cores.
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
 
 
 @pytest.fixture(scope="session")

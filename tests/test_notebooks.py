@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from stitchlib.experiments import EXPERIMENTS
+from stitchlib.experiments.params import RUN_OPTIONS
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = {e.notebook: e.name for e in EXPERIMENTS.values()}
@@ -34,7 +35,7 @@ def test_structure(name):
 def test_parameters_are_typed_and_documented(name):
     params = papermill.inspect_notebook(str(ROOT / "notebooks" / f"{name}.ipynb"))
     declared = EXPERIMENTS[NOTEBOOKS[name]].Params.names()
-    assert set(declared) | {"profile", "device"} == set(params)
+    assert set(declared) | set(RUN_OPTIONS) == set(params)
     for p in params.values():
         assert p["inferred_type_name"] != "None" and p["help"], p["name"]
 
@@ -47,14 +48,15 @@ def test_profile_yaml_matches_the_library(name, profile):
     assert values["profile"] == profile
     assert set(values) <= set(params), set(values) - set(params)
     for key, value in values.items():
-        if key not in ("profile", "device"):
+        if key not in RUN_OPTIONS:
             assert value == EXPERIMENTS[NOTEBOOKS[name]].Params.default(key, profile), key
 
 
 def test_the_users_papermill_command_works_from_any_directory(tmp_path):
     """`papermill 04_more_is_better.ipynb out.ipynb -p samples N` from a directory that is neither
     the repository nor notebooks/: the store and the figures land where the environment says, and
-    `samples` sets the size of the "more samples" bottom. Tiny sizes keep it short."""
+    `samples` sets the size of the "more samples" bottom. It runs on the Ray executor started
+    inside the notebook's kernel. Tiny sizes keep it short."""
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     env = dict(os.environ, STITCHLIB_STORE=str(tmp_path / "store"), STITCHLIB_FIGURES=str(tmp_path / "figures"))
@@ -64,11 +66,12 @@ def test_the_users_papermill_command_works_from_any_directory(tmp_path):
     args += ["-y", "widths: [0.03125, 0.0625]", "-y", "checkpoint_epochs: [0.5, 1.0]"]
     papermill = Path(sys.executable).with_name("papermill")
     subprocess.run([str(papermill), str(ROOT / "notebooks" / "04_more_is_better.ipynb"), "out.ipynb",
-                    "-p", "samples", "1024", *args, "--log-level", "WARNING"],
+                    "-p", "samples", "1024", "-p", "executor", "ray", *args, "--log-level", "WARNING"],
                    cwd=elsewhere, env=env, check=True, timeout=600)
     out = json.loads((elsewhere / "out.ipynb").read_text())
     text = "".join("".join(o.get("text", "")) for c in out["cells"] for o in c.get("outputs", []))
     assert "samples            1024" in text and "1,024 samples into 512" in text
+    assert "executor   ray (1 thread per task)" in text
     assert (tmp_path / "figures" / "smoke" / "fig2c_samples.png").exists()
     assert (tmp_path / "figures" / "smoke" / "04_more_is_better.csv").exists()
     assert (tmp_path / "store" / "model").is_dir()

@@ -12,7 +12,7 @@ from stitchlib import data as data_mod
 from stitchlib.__main__ import main
 from stitchlib.experiments import EXPERIMENTS, PROFILES, make_plan
 from stitchlib.experiments import more_is_better as M
-from stitchlib.experiments.params import markdown_table, parameters_cell, profile_yaml
+from stitchlib.experiments.params import RUN_OPTIONS, markdown_table, parameters_cell, profile_yaml
 from stitchlib.experiments.tasks import CKA, Checkpoint, Stitch, TrainedModel
 from stitchlib.training import RECIPES
 
@@ -48,7 +48,9 @@ def test_every_notebook_plans_at_every_profile(notebook, profile):
 @pytest.mark.parametrize("path", sorted((ROOT / "notebooks" / "params").glob("*.yaml")), ids=lambda p: p.name)
 def test_every_profile_file_plans(path):
     values = yaml.safe_load(path.read_text())
-    profile, _ = values.pop("profile"), values.pop("device")
+    profile = values.pop("profile")
+    for name in RUN_OPTIONS:
+        values.pop(name, None)
     plan = make_plan(path.name.split(".")[0], profile, **values)
     assert plan.params.as_dict() == values
 
@@ -58,7 +60,8 @@ def test_the_users_paper_command_plans():
     raised before this plan existed: the samples panel's top has 10,000 images and the stitcher
     asked for 50,000. Now the stitcher of a top gets at most the top's images."""
     values = yaml.safe_load((ROOT / "notebooks" / "params" / "04_more_is_better.paper.yaml").read_text())
-    values.pop("device")
+    for name in RUN_OPTIONS[1:]:
+        values.pop(name)
     plan = make_plan("04_more_is_better", values.pop("profile"), **{**values, "samples": 25000})
     samples = [c for c in plan.comparisons if c.columns["panel"] == "samples" and c.stitch is not None]
     assert {c.stitch.train.size for c in samples} == {10000}

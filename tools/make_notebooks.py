@@ -76,7 +76,8 @@ def notebook(name, experiment, header, keys, statistics, extra=()):
         lines.append(line.rstrip().rstrip(","))
         return "\n".join(lines)
 
-    setup = call(f'run = stitchlib.setup(\n    "{experiment}", profile=profile, device=device, ', library, 4) + ",\n)"
+    setup = call(f'run = stitchlib.setup(\n    "{experiment}", profile=profile, device=device, executor=executor, '
+                 'ray_address=ray_address, gpu_fraction=gpu_fraction, ', library, 4) + ",\n)"
     cells = [
         md(header + RUN_NOTE),
         code(parameters_cell(EXPERIMENTS[experiment].Params), tags=["parameters"]),
@@ -283,14 +284,19 @@ def readme_block():
     parts = [BEGIN]
     for e in EXPERIMENTS.values():
         parts += [f"**`{e.notebook}`** ({e.title})", "", markdown_table(e.Params), ""]
-    rows = ["| notebook | tasks | images (millions) | PFLOP | estimated H200-hours |", "|---|---|---|---|---|"]
+    rows = ["| notebook | tasks | images (millions) | PFLOP | H200-hours | wall hours, Ray on 1 H200 | "
+            "wall hours, Ray on 8 H200s |", "|---|---|---|---|---|---|---|"]
     for e in EXPERIMENTS.values():
-        total = make_plan(e.name, "paper").cost().iloc[-1]
+        plan = make_plan(e.name, "paper")
+        total = plan.cost().iloc[-1]
         rows.append(f"| `{e.notebook}` | {total['count']} | {total['images'] / 1e6:,.0f} | {total['pflop']:,.0f} | "
-                    f"{total['gpu_hours']:,.1f} |")
+                    f"{total['gpu_hours']:,.1f} | {plan.wall_hours(1):,.1f} | {plan.wall_hours(8):,.1f} |")
     parts += ["Estimated cost of the paper profile, from each notebook's plan (`python -m stitchlib plan "
-              "<notebook> --profile paper`; `05` includes `01`-`04`, whose results its Table 1 reads):", "", *rows,
-              END]
+              "<notebook> --profile paper`; `05` includes `01`-`04`, whose results its Table 1 reads, so its row "
+              "is the whole suite). Wall hours: the plan's tasks scheduled as the ray executor does (longest "
+              "chain first), one task per GPU at the measured rate; sharing a GPU between tasks "
+              "(`gpu_fraction` < 1) is assumed to add no throughput, so these are upper bounds where it does:",
+              "", *rows, END]
     return "\n".join(parts)
 
 

@@ -145,7 +145,7 @@ def table1_sources(s: Setup, others: dict[str, Setup] | None = None) -> dict[str
         for name, other in s.plan.uses.items():
             given = {k: v for k, v in other.params.as_dict().items() if v != other.params.default(k, s.profile)}
             others[name] = setup(name, profile=s.profile, device=s.device.type, store=str(s.store.root),
-                                 figures_dir=str(s.figures), **given)
+                                 figures_dir=str(s.figures), executor=s.executor, **given)
     return {name: EXPERIMENTS[name].run(others[name]) for name in TABLE1_SOURCES}
 
 

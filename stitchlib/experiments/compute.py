@@ -8,6 +8,7 @@ pipeline keeps every trained model.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -25,15 +26,42 @@ from ..training import misclassified, percent, train_model
 from .tasks import CKA, Checkpoint, RandomModel, SplitRef, Stitch, Task, TrainedModel
 
 
+def placement(device: str, threads: int) -> dict:
+    """Where a task ran, as its store config records it: the device type and, on a CPU, the
+    thread count, since a CPU's results change with it (reductions split differently)."""
+    return dict(device=device, threads=int(threads)) if device == "cpu" else dict(device=device)
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """Run a computation on `n` CPU threads, whatever the process had before (and restore it):
+    each task sets its own, so a task gives the same numbers in any process and executor."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def threaded(n: int, compute):
+    def run():
+        with torch_threads(n):
+            return compute()
+    return run
+
+
 @dataclass
 class KeyContext:
     """What a task's store key depends on besides the task: the data's identity (None while the
-    data has never been loaded), the device type and the images' channels."""
+    data has never been loaded), the device type, the CPU threads per task and the images'
+    channels."""
 
     store: Store
     identity: dict | None
     device: str
     in_channels: int
+    threads: int = 1
     _keys: dict = field(default_factory=dict, repr=False)
 
     def key(self, task: Task) -> str | None:
@@ -57,10 +85,12 @@ class KeyContext:
 
     def config(self, task: Task, dep_keys: list) -> dict:
         if isinstance(task, TrainedModel):
-            return task.config(self.identity, self.device, self.in_channels, dep_keys[0] if dep_keys else None)
-        if isinstance(task, Stitch):
-            return task.config(self.identity, self.device, top_key=dep_keys[0], bottom_key=dep_keys[1])
-        return task.config(self.identity, self.device, a_key=dep_keys[0], b_key=dep_keys[1])
+            config = task.config(self.identity, self.device, self.in_channels, dep_keys[0] if dep_keys else None)
+        elif isinstance(task, Stitch):
+            config = task.config(self.identity, self.device, top_key=dep_keys[0], bottom_key=dep_keys[1])
+        else:
+            config = task.config(self.identity, self.device, a_key=dep_keys[0], b_key=dep_keys[1])
+        return {**config, **placement(self.device, self.threads)}
 
     def stored(self, task: Task) -> bool | None:
         """Whether the task's artifact is in the store (None: its key is not known yet)."""
@@ -74,13 +104,25 @@ class KeyContext:
 
 class Runner:
     """Runs specs against loaded data: materialises splits, trains or loads models, stitches and
-    compares them, each through the store. Results are memoised per runner."""
+    compares them, each through the store and each on `threads` CPU threads. Results are
+    memoised per runner."""
 
-    def __init__(self, dataset: data_mod.Dataset, store: Store, device: torch.device):
-        self.dataset, self.store, self.device = dataset, store, device
-        self.keys = KeyContext(store, dataset.identity, device.type, dataset.train.images.shape[1])
+    def __init__(self, dataset: data_mod.Dataset, store: Store, device: torch.device, threads: int = 1):
+        self.dataset, self.store, self.device, self.threads = dataset, store, device, int(threads)
+        self.keys = KeyContext(store, dataset.identity, device.type, dataset.train.images.shape[1], self.threads)
         self._splits: dict = {}
         self._models: dict = {}
+
+    def compute(self, task: Task) -> None:
+        """Make sure the task's artifact is in the store (what an executor's worker runs)."""
+        if isinstance(task, Stitch):
+            self.stitch(task, quiet=True)
+        elif isinstance(task, CKA):
+            self.cka(task)
+        elif isinstance(task, (TrainedModel, Checkpoint, RandomModel)):
+            self.model(task)
+        else:
+            raise TypeError(f"{task.label}: a {type(task).__name__} is computed by its experiment, not by a worker")
 
     # ------------------------------------------------------------------ data
 
@@ -182,7 +224,7 @@ class Runner:
                     record["checkpoints"] = {repr(float(e)): saved[e] for e in epochs}
             return record
 
-        stored = self.store.cached("model", config, compute)
+        stored = self.store.cached("model", config, threaded(self.threads, compute))
         model = self._build(task)
         model.load_state_dict(stored["state_dict"])
         model.to(device).eval()
@@ -205,26 +247,27 @@ class Runner:
 
     # ------------------------------------------------------------------ comparisons
 
-    def stitch(self, task: Stitch, bar=None) -> list[dict]:
+    def stitch(self, task: Stitch, bar=None, quiet: bool = False) -> list[dict]:
         """Every cut's errors (at initialisation and after training) and per-image correctness."""
         (top, top_rec), (bottom, bottom_rec) = self.model(task.top), self.model(task.bottom)
         return stitch_all_cuts(self.store, self.dataset, self.device, bottom, bottom_rec, top, top_rec,
                                train_split=self.split(task.train), test_split=self.split(task.test), label=task.label,
-                               bar=bar, **dict(task.settings))
+                               bar=bar, threads=self.threads, quiet=quiet, **dict(task.settings))
 
     def cka(self, task: CKA) -> list[float]:
         (a, rec_a), (b, rec_b) = self.model(task.a), self.model(task.b)
         return cka_all_cuts(self.store, self.dataset, self.device, a, rec_a, b, rec_b, self.split(task.images),
-                            task.estimator, task.batch_size)
+                            task.estimator, task.batch_size, threads=self.threads)
 
 
 def stitch_all_cuts(store: Store, dataset, device, bottom, bottom_rec, top, top_rec, *, train_split, test_split,
-                    label: str, bar=None, **stitch_kw) -> list[dict]:
-    """Stitch `bottom` into `top` at every cut point (cached as one artifact per pair).
-    `bar`, when given, is a progress bar whose postfix names the pair."""
+                    label: str, threads: int, bar=None, quiet: bool = False, **stitch_kw) -> list[dict]:
+    """Stitch `bottom` into `top` at every cut point (cached as one artifact per pair), on
+    `threads` CPU threads. `bar`, when given, is a progress bar whose postfix names the pair;
+    without one the stitcher shows its own, unless `quiet`."""
     config = dict(bottom=bottom_rec["key"], top=top_rec["key"], data=dataset.identity,
                   train_split=[list(s) for s in train_split.recipe], test_split=[list(s) for s in test_split.recipe],
-                  device=device.type, **stitch_kw)
+                  **placement(device.type, threads), **stitch_kw)
 
     def compute():
         cuts = cut_points(top)
@@ -234,7 +277,8 @@ def stitch_all_cuts(store: Store, dataset, device, bottom, bottom_rec, top, top_
             bar.set_postfix_str(f"stitch {label} at {len(usable)} cuts")
         # Every cut in one pass over the data: the bottom runs once per batch for all of them.
         results = stitch(bottom, top, usable, dataset, train=train_split, test=test_split,
-                         top_error=top_rec["test_error"], device=device, progress=bar is None, **stitch_kw)
+                         top_error=top_rec["test_error"], device=device, progress=bar is None and not quiet,
+                         **stitch_kw)
         found = {r.cut.index: r for r in results}
         rows = []
         for c in cuts:
@@ -244,16 +288,17 @@ def stitch_all_cuts(store: Store, dataset, device, bottom, bottom_rec, top, top_
                              wrong=pack_wrong(r.wrong) if r else None))
         return {"rows": rows}
 
-    rows = store.cached("stitch", config, compute)["rows"]
+    rows = store.cached("stitch", config, threaded(threads, compute))["rows"]
     return [{**row, "wrong_init": unpack_wrong(row["wrong_init"]), "wrong": unpack_wrong(row["wrong"])} for row in rows]
 
 
 @torch.no_grad()
 def cka_all_cuts(store: Store, dataset, device, model_a, rec_a, model_b, rec_b, images: data_mod.Split,
-                 estimator: str, batch_size: int = 250) -> list[float]:
-    """Linear CKA between A and B at every cut point, in one pass over `images` (cached)."""
+                 estimator: str, batch_size: int = 250, *, threads: int) -> list[float]:
+    """Linear CKA between A and B at every cut point, in one pass over `images` (cached), on
+    `threads` CPU threads."""
     config = dict(a=rec_a["key"], b=rec_b["key"], data=dataset.identity, images=[list(s) for s in images.recipe],
-                  estimator=estimator, batch_size=batch_size, device=device.type)
+                  estimator=estimator, batch_size=batch_size, **placement(device.type, threads))
 
     def compute():
         cuts = cut_points(model_a)
@@ -268,7 +313,7 @@ def cka_all_cuts(store: Store, dataset, device, model_a, rec_a, model_b, rec_b, 
                 acc.update(ha, hb)
         return {"cka": [acc.value() for acc in accs]}
 
-    return store.cached("cka", config, compute)["cka"]
+    return store.cached("cka", config, threaded(threads, compute))["cka"]
 
 
 def pack_wrong(wrong: torch.Tensor | None):

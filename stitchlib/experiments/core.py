@@ -27,6 +27,7 @@ from ..store import Store
 from ..tables import write_csv
 from ..training import Recipe, resolve_device
 from .compute import KeyContext, Runner
+from .executors import Executor, Where, make_executor
 from .params import Common, Params
 from .tasks import (CKA, Checkpoint, PretrainedStitch, RandomModel, SplitRef, Stitch, Task, TrainedModel,
                     architecture_info)
@@ -115,6 +116,17 @@ class Plan:
         total = dict(task="total", count=out["count"].sum(), images=out["images"].sum(), pflop=out["pflop"].sum(),
                      gpu_hours=out["gpu_hours"].sum())
         return pd.concat([out, pd.DataFrame([total])], ignore_index=True)
+
+    def wall_hours(self, gpus: int, gpu_fraction: float = 1.0) -> float:
+        """Estimated wall time (hours) of the whole plan through the Ray executor on `gpus` of the
+        reference GPU, each task at the reference rate times `gpu_fraction` (sharing a GPU is
+        assumed to add no throughput), scheduled longest chain first. On one GPU it is the sum."""
+        from .executors import jobs, makespan
+
+        shape = self.params.data_info["shape"]
+        todo, after = jobs(self.tasks(), None)
+        seconds = {job: job.cost(shape)[1] / (REFERENCE_FLOPS_PER_S * gpu_fraction) for job in todo}
+        return makespan(todo, after, seconds, max(1, int(gpus / gpu_fraction + 1e-9))) / 3600
 
     def table(self, keys: KeyContext | None = None) -> pd.DataFrame:
         """One row per task: kind, label, key (short), whether stored, images and GFLOP."""
@@ -213,9 +225,23 @@ class Setup:
     figures: Path
     plan: Plan = None
     runner: Runner = None
+    executor: Executor = None
 
     def __getitem__(self, key):
         return self.params[key]
+
+    def where(self) -> Where:
+        return Where(self.dataset.name, str(data_mod.data_dir()), self.dataset.identity, str(self.store.root),
+                     self.device.type, self.p.threads)
+
+    def compute(self, tasks: list[Task], desc: str | None = None) -> int:
+        """Compute every task of `tasks` (with what they depend on) that the store lacks, on this
+        run's executor; returns how many were computed. Results are read afterwards through the
+        runner, from the store."""
+        keys = KeyContext(self.store, self.dataset.identity, self.device.type, self.dataset.train.images.shape[1],
+                          self.p.threads)
+        return self.executor.run(tasks, self.where(), keys, self.p.data_info["shape"], desc or self.experiment,
+                                 dataset=self.dataset)
 
     @property
     def p(self) -> Params:
@@ -231,15 +257,21 @@ class Setup:
               f"intervals at {self['confidence']:.0%}")
         print(f"data       {ident['name']} from {ident['source']} (sha256 {ident['sha256'][:12]}...)")
         print(f"store      {self.store.root}")
+        print(f"executor   {self.executor.name} ({self.p.threads} thread{'s' if self.p.threads > 1 else ''} per task)")
         print(f"figures    {self.figures}")
         for key, value in self.params.items():
             print(f"  {key:18s} {value}")
 
 
 def setup(experiment: str, *, profile: str = "smoke", device: str = "auto", figures_dir: str | None = None,
-          store: str | None = None, **params) -> Setup:
+          store: str | None = None, executor: str | Executor = "auto", ray_address: str = "",
+          gpu_fraction: float = 0.25, **params) -> Setup:
     """Check the parameters and plan the experiment (and any it reads) before anything is loaded;
     then load the data. Parameters left None take the profile's value.
+
+    `executor` runs the tasks: "serial" (here, one after another), "ray" (Ray tasks: started inside
+    the run, or on the cluster at `ray_address`; each takes `threads` CPUs, or `gpu_fraction` of
+    a GPU) or "auto" (`stitchlib.experiments.executors.make_executor`). Same numbers either way.
 
     `figures_dir` defaults to $STITCHLIB_FIGURES/<profile> or <repository>/figures/<profile>;
     `store` to the artifact store's default ($STITCHLIB_STORE or <repository>/runs/store).
@@ -249,6 +281,12 @@ def setup(experiment: str, *, profile: str = "smoke", device: str = "auto", figu
         raise TypeError(f"parameter 'device' must be str, got {type(device).__name__} {device!r}")
     plan = make_plan(experiment, profile, **params)
     dev = resolve_device(device)
+    runs_on = make_executor(executor, ray_address=ray_address, gpu_fraction=gpu_fraction, device=dev.type,
+                            threads=plan.params.threads)
+    if runs_on.name == "ray" and dev.index is not None:
+        raise ValueError(f"device={device!r}: with the ray executor give device 'cuda' (Ray gives each task its "
+                         "GPU), or use executor='serial' to run on that one GPU")
+    st = Store(store)
     dataset = data_mod.load_dataset(plan.params.dataset)
     for key, split in (("train_samples", dataset.train), ("test_samples", dataset.test)):
         if getattr(plan.params, key) > len(split):
@@ -259,9 +297,9 @@ def setup(experiment: str, *, profile: str = "smoke", device: str = "auto", figu
     else:
         figures = Path(os.environ.get("STITCHLIB_FIGURES") or REPO_ROOT / "figures").expanduser().absolute() / profile
     figures.mkdir(parents=True, exist_ok=True)
-    st = Store(store)
     e = experiment_named(experiment)
-    return Setup(e.name, profile, plan.params.as_dict(), dev, st, dataset, figures, plan, Runner(dataset, st, dev))
+    return Setup(e.name, profile, plan.params.as_dict(), dev, st, dataset, figures, plan,
+                 Runner(dataset, st, dev, plan.params.threads), runs_on)
 
 
 def derived_seed(seed: int, what: str) -> int:
@@ -383,9 +421,12 @@ def run_comparisons(s: Setup, bar) -> pd.DataFrame:
 def run_plan(s: Setup, desc: str, extra_units: int = 0):
     """A progress bar over the plan, its comparisons run. Returns (table, bar): the bar stays open
     for what the experiment runs after the comparisons."""
+    # Everything the plan names goes through the executor first (in parallel where it can), so
+    # what follows only reads the store.
+    s.compute(s.plan.tasks(), desc)
     # Each run reads the store afresh: nothing computed by an earlier run in this process is reused
     # unless the store still holds it (verified).
-    s.runner = Runner(s.dataset, s.store, s.device)
+    s.runner = Runner(s.dataset, s.store, s.device, s.p.threads)
     bar = tqdm(total=units(s.plan) + extra_units, desc=desc)
     return run_comparisons(s, bar), bar
 
@@ -447,7 +488,7 @@ def plan_report(experiment: str, profile: str = "smoke", *, store: str | None = 
     kind = resolve_device("auto").type if device == "auto" else str(device).split(":")[0]
     if kind not in ("cpu", "cuda"):
         raise ValueError(f"unknown device {device!r}; use 'auto', 'cpu', 'cuda' or 'cuda:N'")
-    keys = KeyContext(Store(store), identity, kind, p.data_info["shape"][0])
+    keys = KeyContext(Store(store), identity, kind, p.data_info["shape"][0], p.threads)
     changed = {k: v for k, v in p.as_dict().items() if v != p.default(k, profile)}
     lines = [f"plan of {e.notebook} ({e.title}) at profile {profile}",
              f"parameters changed from the profile: {changed or 'none'}",
@@ -468,5 +509,8 @@ def plan_report(experiment: str, profile: str = "smoke", *, store: str | None = 
         lines += ["", f"estimated cost (hours on one {REFERENCE_GPU} at the throughput measured in "
                       "bench/results/gpu_paper_scale_h200_2026-11-28.json; stored tasks included):",
                   cost.to_string(index=False, formatters={"images": "{:,.0f}".format, "pflop": "{:,.3f}".format,
-                                                          "gpu_hours": "{:,.2f}".format})]
+                                                          "gpu_hours": "{:,.2f}".format}),
+                  f"estimated wall time through the ray executor, one task per GPU: {plan.wall_hours(1):,.2f} h on "
+                  f"1 {REFERENCE_GPU}, {plan.wall_hours(8):,.2f} h on 8 (tasks start longest chain first; the "
+                  "longest chain bounds it)"]
     return "\n".join(lines)

@@ -182,15 +182,18 @@ def run(s: Setup):
         fewer_rows = table[(table["panel_id"] == "samples") & (table["bottom_role"] == "fewer_samples")]
         mean_rows = fewer_rows.groupby(["cut_index", "cut"], as_index=False)["penalty"].mean()
         n_frozen = near_zero_prefix(mean_rows, p.freeze_max_penalty)
-        curves = []
+        curves, runs = [], []
         for i, (top_seed, seed) in enumerate(p.seed_pairs()):
             normal, frozen = plan_.extra[2 * i: 2 * i + 2]
-            runs = {"normal training": normal}
+            runs.append({"normal training": normal})
             if n_frozen:
                 label = (f"stages up to {mean_rows.sort_values('cut_index')['cut'].iloc[n_frozen - 1]} frozen from "
                          f"the {p.fewer_samples:,}-sample model")
-                runs[label] = dataclasses.replace(frozen, frozen=FrozenPrefix(frozen.frozen.source, n_frozen))
-            for label, task in runs.items():
+                runs[i][label] = dataclasses.replace(frozen, frozen=FrozenPrefix(frozen.frozen.source, n_frozen))
+        # Now that the prefix is known, every pair's frozen run trains at once.
+        s.compute([task for pair in runs for task in pair.values()], "freeze training")
+        for i, (top_seed, seed) in enumerate(p.seed_pairs()):
+            for label, task in runs[i].items():
                 bar.set_postfix_str(f"freeze training: {label}, pair {i}")
                 _, rec = s.runner.model(task)
                 stages = task.frozen.stages if task.frozen else 0

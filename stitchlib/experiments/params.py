@@ -10,6 +10,7 @@ README's parameter tables, and the error for an unknown or mistyped parameter.
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -155,6 +156,10 @@ class Common(Params):
     cka_estimator: str = param('"exact" (biased linear CKA, Kornblith 2019) or "minibatch" (Nguyen 2021); the '
                                "minibatch estimator keeps memory flat at the paper's sizes", "exact", "minibatch")
     confidence: float = param("confidence level of every interval, in (0, 1)", 0.95)
+    # Part of every CPU artifact's configuration: a CPU's numbers change with the thread count,
+    # and one thread per task lets an executor run as many tasks as there are cores.
+    threads: int = param("CPU threads of each task (a CPU result depends on it; each Ray task reserves this many "
+                         "CPUs)", 1)
 
     @property
     def data_info(self) -> dict:
@@ -190,6 +195,8 @@ class Common(Params):
         if self.epochs <= 0 or self.stitch_epochs < 0 or self.stitch_lr <= 0:
             raise ValueError(f"epochs must be > 0, stitch_epochs >= 0 and stitch_lr > 0; got {self.epochs!r}, "
                              f"{self.stitch_epochs!r}, {self.stitch_lr!r}")
+        if isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 1:
+            raise ValueError(f"threads must be an int >= 1 (CPU threads per task), got {self.threads!r}")
         if self.cka_estimator not in ("exact", "minibatch"):
             raise ValueError(f"unknown cka_estimator {self.cka_estimator!r}; valid: ['exact', 'minibatch']")
 
@@ -229,8 +236,16 @@ __all__ = ["Params", "Common", "param", "PROFILES", "BATCH_SIZE"]
 
 # ---------------------------------------------------------------- generated from the declarations
 
+# How and where a run computes, not what: these change no number (threads, which does, is a parameter).
 _FIXED = [("profile", "str", '"smoke": a 2-core CPU in minutes; "paper": Appendix A\'s scale, GPU-hours', "smoke"),
-          ("device", "str", '"auto" (CUDA when present, else CPU), "cpu", "cuda" or "cuda:N"', "auto")]
+          ("device", "str", '"auto" (CUDA when present, else CPU), "cpu", "cuda" or "cuda:N"', "auto"),
+          ("executor", "str", '"auto" ($STITCHLIB_EXECUTOR, else "ray" when installed and there are 2 or more '
+                              'task slots, else "serial"), "serial" or "ray"', "auto"),
+          ("ray_address", "str", '"": start Ray inside the run; "auto" or "ray://host:port": join a running cluster',
+           ""),
+          ("gpu_fraction", "float", "share of a GPU each Ray task reserves, in (0, 1]: 0.25 puts four models on a GPU",
+           0.25)]
+RUN_OPTIONS = tuple(name for name, *_ in _FIXED)
 
 
 def _default_text(cls, name: str) -> str:
@@ -240,7 +255,7 @@ def _default_text(cls, name: str) -> str:
 
 def parameters_cell(cls) -> str:
     """The notebook's papermill `parameters` cell: typed, with help and each profile's value."""
-    lines = [f'{name}: {kind} = "{value}"  # {text}' for name, kind, text, value in _FIXED]
+    lines = [f'{name}: {kind} = {json.dumps(value)}  # {text}' for name, kind, text, value in _FIXED]
     lines += [f"{n}: {cls.type_name(n)} = None  # {cls.help(n)}; {_default_text(cls, n)}" for n in cls.names()]
     return "\n".join(lines)
 
@@ -249,7 +264,7 @@ def profile_yaml(cls, notebook: str, profile: str) -> str:
     """The YAML file of a profile's values, for `papermill -f`."""
     import yaml
 
-    values = {"profile": profile, "device": "auto", **cls.profile_values(profile)}
+    values = {**{name: value for name, _, _, value in _FIXED}, "profile": profile, **cls.profile_values(profile)}
     return (f"# The {profile} profile of {notebook} (written by tools/make_notebooks.py from "
             f"stitchlib.experiments.{cls.__module__.rsplit('.', 1)[1]}.{cls.__name__}).\n"
             + yaml.safe_dump(values, sort_keys=False))

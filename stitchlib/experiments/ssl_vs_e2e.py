@@ -135,9 +135,9 @@ def imagenet_panel(s: Setup, notes: list) -> pd.DataFrame | None:
         bottom = nets[name][0].to(s.device)
         stitched = stitch_all_cuts(s.store, data, s.device, bottom, recs[name], top, recs["supervised"],
                                    train_split=data.train, test_split=data.test, label=f"{name} into supervised",
-                                   **settings)
+                                   threads=p.threads, **settings)
         cka = cka_all_cuts(s.store, data, s.device, top, recs["supervised"], bottom, recs[name], data.test,
-                           p.cka_estimator)
+                           p.cka_estimator, threads=p.threads)
         # One pretrained network of each kind: no seed pairs, hence no interval (pair_index 0).
         columns = dict(panel="ImageNet", pair=f"{name} bottom into supervised top", direction=f"{name} into E2E",
                        **pair_columns(0, -1, -1), **machine("imagenet", "supervised", name))
