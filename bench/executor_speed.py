@@ -29,6 +29,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     out = args.out or Path(tempfile.mkdtemp(prefix="executor_speed_"))
+    out.mkdir(parents=True, exist_ok=True)
     totals, timings = {}, {}
     for executor in args.executors:
         where = out / executor

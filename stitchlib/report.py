@@ -82,6 +82,13 @@ def render_readme(readme: Path, results_dir: Path) -> str:
                          f"{r.step if r.step.startswith('compute') else f'`{r.step}`'} {r.seconds:.0f} s"
                          for r in t.itertuples())
                      + f"; {t['seconds'].sum():.0f} s ({t['seconds'].sum() / 60:.1f} min) in all.")
+        serial = results_dir / "timings_serial.csv"  # the same suite on the serial executor, beside it
+        if serial.exists():
+            s = pd.read_csv(serial)
+            parts[-1] += (f" The serial executor (the same one thread per task, so the same numbers) took "
+                          f"{s['seconds'].sum():.0f} s ({s['seconds'].sum() / 60:.1f} min) on the same machine in the "
+                          f"same session (`bench/executor_speed.py`): the {first['executor']} executor is "
+                          f"{s['seconds'].sum() / t['seconds'].sum():.2f}x faster.")
     from .experiments import EXPERIMENTS  # the registry: every notebook, in order
 
     total = []

@@ -271,3 +271,20 @@ def test_run_command_refuses_bad_input_before_any_work(capsys, argv, message):
     assert err.startswith("error: ")
     import re
     assert re.search(message, err), err
+
+
+def test_the_wall_time_estimate_schedules_the_plan_as_ray_would():
+    plan = make_plan("more_is_better", "paper")
+    todo, after = X.jobs(plan.tasks(), None)
+    seconds = {job: job.cost(plan.params.data_info["shape"])[1] / 1e15 for job in todo}
+    chain = max(X._critical_path(todo, after, None, seconds).values())
+    one, eight, endless = (X.makespan(todo, after, seconds, n) for n in (1, 8, len(todo)))
+    assert one == pytest.approx(sum(seconds.values()))  # one worker: the sum
+    assert endless == pytest.approx(chain)  # enough workers: the longest chain
+    assert max(chain, one / 8) <= eight + 1e-9 and eight < one  # no better than either bound, and faster
+    assert plan.wall_hours(1) == pytest.approx(plan.cost().iloc[-1]["gpu_hours"])
+    assert plan.wall_hours(8) < plan.wall_hours(1)
+    # A task never starts before what it waits for: a two-job chain takes both, whatever the workers.
+    b = next(j for j in todo if after[j])
+    dep = next(iter(after[b]))
+    assert X.makespan([dep, b], {dep: set(), b: {dep}}, {dep: 2.0, b: 3.0}, 4) == 5.0

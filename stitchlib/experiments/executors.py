@@ -400,11 +400,10 @@ def cpu_count() -> int:
 
 
 def ray_installed() -> bool:
-    try:
-        import ray  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    # Found, not imported: importing Ray takes seconds, and a run with everything stored needs none of it.
+    import importlib.util
+
+    return importlib.util.find_spec("ray") is not None
 
 
 def make_executor(name: str | Executor = "auto", *, ray_address: str = "", gpu_fraction: float = 0.25,
