@@ -65,18 +65,11 @@ unit: setup
 
 NBVAL := --nbval-lax --nbval-current-env --nbval-sanitize-with $(SANITIZE) --nbval-cell-timeout 1200
 
-# The smoke plans on the default executor (the notebooks' tasks side by side) while the unit tests
-# run beside them, each filling the cores the other leaves idle; then nbval, which finds every
-# notebook's results stored. The computation's log: runs/test-compute.log.
+# The smoke plans on the default executor first (the notebooks' tasks side by side), then the unit
+# tests and nbval (pytest-xdist), nbval finding every notebook's results stored.
 test: setup
-	@mkdir -p runs
-	@$(BIN)/python -m stitchlib run all --profile smoke $(RUN_OPTIONS) > runs/test-compute.log 2>&1 & compute=$$!; \
-	$(BIN)/python -m pytest tests -q -p no:cacheprovider $(XDIST); unit=$$?; \
-	wait $$compute; status=$$?; \
-	tr '\r' '\n' < runs/test-compute.log | grep -v '^ *$$' | tail -n 45; \
-	if [ $$status -ne 0 ]; then echo "python -m stitchlib run all failed (exit $$status): runs/test-compute.log"; \
-	  exit $$status; fi; \
-	$(BIN)/python -m pytest $(NOTEBOOKS) $(NBVAL) -q -p no:cacheprovider $(XDIST) && exit $$unit
+	$(BIN)/python -m stitchlib run all --profile smoke $(RUN_OPTIONS)
+	$(BIN)/python -m pytest tests $(NOTEBOOKS) $(NBVAL) -q -p no:cacheprovider $(XDIST)
 
 # The notebooks' part of `make test` alone: nbval over the committed notebooks.
 nbval: setup

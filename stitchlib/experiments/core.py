@@ -27,7 +27,7 @@ from ..store import Store
 from ..tables import write_csv
 from ..training import Recipe, resolve_device
 from .compute import KeyContext, Runner
-from .executors import Executor, Where, make_executor
+from .executors import Executor, Where, jobs, make_executor, makespan
 from .params import Common, Params
 from .tasks import (CKA, Checkpoint, PretrainedStitch, RandomModel, SplitRef, Stitch, Task, TrainedModel,
                     architecture_info)
@@ -121,8 +121,6 @@ class Plan:
         """Estimated wall time (hours) of the whole plan through the Ray executor on `gpus` of the
         reference GPU, each task at the reference rate times `gpu_fraction` (sharing a GPU is
         assumed to add no throughput), scheduled longest chain first. On one GPU it is the sum."""
-        from .executors import jobs, makespan
-
         shape = self.params.data_info["shape"]
         todo, after = jobs(self.tasks(), None)
         seconds = {job: job.cost(shape)[1] / (REFERENCE_FLOPS_PER_S * gpu_fraction) for job in todo}
@@ -238,10 +236,8 @@ class Setup:
         """Compute every task of `tasks` (with what they depend on) that the store lacks, on this
         run's executor; returns how many were computed. Results are read afterwards through the
         runner, from the store."""
-        keys = KeyContext(self.store, self.dataset.identity, self.device.type, self.dataset.train.images.shape[1],
-                          self.p.threads)
-        return self.executor.run(tasks, self.where(), keys, self.p.data_info["shape"], desc or self.experiment,
-                                 dataset=self.dataset)
+        return self.executor.run(tasks, self.where(), self.runner.keys, self.p.data_info["shape"],
+                                 desc or self.experiment, dataset=self.dataset)
 
     @property
     def p(self) -> Params:

@@ -17,6 +17,7 @@ locks: results do not depend on the executor.
 
 from __future__ import annotations
 
+import abc
 import os
 import socket
 import time
@@ -189,7 +190,7 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-class Executor:
+class Executor(abc.ABC):
     """Computes jobs into the store. Use as a context manager to keep one executor (one Ray
     session) over several runs; otherwise each `run` starts and stops what it needs."""
 
@@ -221,8 +222,9 @@ class Executor:
             self._compute(todo, after, where, shape, desc, dataset)
         return len(todo)
 
+    @abc.abstractmethod
     def _compute(self, todo, after, where, shape, desc, dataset) -> None:
-        raise NotImplementedError
+        """Compute the jobs `todo` (each after the jobs `after[job]`) into the store."""
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__}>"
