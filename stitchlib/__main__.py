@@ -149,7 +149,7 @@ def _run(args) -> int:
                 raise ValueError(f"unknown parameters {sorted(set(given) - declared)} for every notebook; valid: "
                                  f"{sorted(declared)}")
         setups, executor = [], options.get("executor", "auto")
-        # Every check (parameters, executor, cluster address) before any data is loaded or task run.
+        # Every check (parameters, executor, cluster address) before any task runs.
         for name in names:
             mine = {k: v for k, v in given.items() if k in EXPERIMENTS[name].Params.names()}
             setups.append(setup(name, profile=profile, device=options.get("device", "auto"), store=args.store,
