@@ -36,7 +36,7 @@ figures: setup
 	  print(m('$(EXECUTOR)', ray_address='$(RAY_ADDRESS)').name)") || exit 1; \
 	echo "step,seconds,date,cpu,cores,executor" > figures/$(PROFILE)/.timings.csv; \
 	start=$$(date +%s); \
-	$(BIN)/python -m stitchlib run all --profile $(PROFILE) $(RUN_OPTIONS) || exit 1; \
+	$(BIN)/python -m stitchlib run all --profile $(PROFILE) --no-plots $(RUN_OPTIONS) || exit 1; \
 	echo "compute (stitchlib run all),$$(( $$(date +%s) - start )),$$(date +%F),$$cpu,$$(nproc),$$executor" \
 	  >> figures/$(PROFILE)/.timings.csv; \
 	for nb in $(NOTEBOOKS); do \
@@ -68,7 +68,7 @@ NBVAL := --nbval-lax --nbval-current-env --nbval-sanitize-with $(SANITIZE) --nbv
 # The smoke plans on the default executor first (the notebooks' tasks side by side), then the unit
 # tests and nbval (pytest-xdist), nbval finding every notebook's results stored.
 test: setup
-	$(BIN)/python -m stitchlib run all --profile smoke $(RUN_OPTIONS)
+	$(BIN)/python -m stitchlib run all --profile smoke --no-plots $(RUN_OPTIONS)
 	$(BIN)/python -m pytest tests $(NOTEBOOKS) $(NBVAL) -q -p no:cacheprovider $(XDIST)
 
 # The notebooks' part of `make test` alone: nbval over the committed notebooks.

@@ -1,7 +1,7 @@
 """stitchlib: model stitching and CKA, after Bansal, Nakkiran & Barak (NeurIPS 2021).
 
 The public face: data (`load_dataset`), models (`build_model`, `cut_points`, `split`),
-training (`train_model`), stitching (`stitch`), similarity (`linear_cka`, `CKAAccumulator`),
+training (`train_model`), stitching (`stitch`), similarity (`linear_cka`, `CKAAccumulator`, `cka_matrix`, `CKAMatrix`),
 the artifact `Store`, and the notebooks' experiments (`plan`, `setup`, `connectivity`, `ssl_vs_e2e`, `label_noise`,
 `more_is_better`, `ablations`, `check_claims`, `summarize`, `report`, `plot`).
 """
@@ -15,7 +15,7 @@ from .experiments import plan, setup
 from .models import build_model, cut_points, define_spine, split
 from .plotting import plot
 from .report import report
-from .similarity import CKAAccumulator, linear_cka
+from .similarity import CKAAccumulator, CKAMatrix, cka_matrix, linear_cka
 from .stitching import stitch
 from .store import Store
 from .training import train_model
@@ -29,7 +29,7 @@ ablations = _experiments.ablations.run
 
 __all__ = [
     "load_dataset", "build_model", "cut_points", "split", "define_spine", "train_model", "stitch", "linear_cka",
-    "CKAAccumulator", "Store", "plan", "setup", "connectivity", "ssl_vs_e2e", "label_noise", "more_is_better", "ablations", "check_claims",
+    "CKAAccumulator", "cka_matrix", "CKAMatrix", "Store", "plan", "setup", "connectivity", "ssl_vs_e2e", "label_noise", "more_is_better", "ablations", "check_claims",
     "summarize",
     "plot", "report",
 ]

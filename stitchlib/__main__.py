@@ -3,10 +3,12 @@
 - `python -m stitchlib plan <notebook> [--profile P] [-p name value ...] [-y YAML] [-f params.yaml]`:
   check the parameters and print the experiment's plan (every task, whether it is in the store,
   its estimated cost) without loading data or training anything. Exit 2 on bad parameters.
-- `python -m stitchlib run <notebook|all> [--profile P] [-p/-y/-f ...] [--executor serial|ray|auto]
-  [--ray-address ADDR] [--gpu-fraction F]`: compute the notebooks' plans without papermill, all of
-  their tasks on one executor at once, then each notebook's tables and claims (printed, and written
-  to the figures folder). The notebooks afterwards only load. Exit 2 on bad input, 1 if it failed.
+- `python -m stitchlib run <notebook|all> [--profile P] [-p/-y/-f ...] [--executor serial|ray|local|auto]
+  [--ray-address ADDR] [--gpu-fraction F] [--no-plots]`: compute the notebooks' plans without
+  papermill or Jupyter, all of their tasks on one executor at once, then each notebook's tables,
+  claims (printed, and written as CSV) and figures into the figures folder, with run.json (the
+  hardware, versions, each step's seconds, every verdict). The notebooks afterwards only load.
+  Exit 2 on bad input, 1 if it failed.
 - `python -m stitchlib readme`: rewrite the README's results block from the committed result
   tables (results/<profile>/), after `python -m stitchlib collect` copied them from a run's
   figures folder. `--check` only says whether the README is up to date (exit 1 if not).
@@ -15,6 +17,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -23,7 +28,7 @@ from .report import render_readme
 
 ROOT = Path(__file__).resolve().parent.parent
 # What a results folder keeps of a run: the claims, their per-cut summaries, the base models, the timings.
-KEPT = ("*_claims.csv", "*_summary.csv", "*_models.csv", "timings.csv")
+KEPT = ("*_claims.csv", "*_summary.csv", "*_models.csv", "timings.csv", "run.json")
 
 
 def main(argv=None) -> int:
@@ -42,7 +47,8 @@ def main(argv=None) -> int:
     for command in (planning, running):
         command.add_argument("notebook", help="e.g. 04_more_is_better, more_is_better, 04 or notebooks/04_more_is_better"
                                               ".ipynb" + (", or all" if command is running else ""))
-        command.add_argument("--profile", default=None, help="smoke or paper (default: the -f file's, else smoke)")
+        command.add_argument("--profile", default=None, help="smoke, fast or paper (default: the -f file's, else "
+                                                             "smoke)")
         command.add_argument("-p", "--parameters", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                              help="a parameter, typed as papermill's -p types it (lists and dicts: use -y)")
         command.add_argument("-y", "--parameters_yaml", action="append", default=[], help="parameters as YAML")
@@ -51,13 +57,16 @@ def main(argv=None) -> int:
         command.add_argument("--device", default=None, help="the device the run will use: store keys include its type "
                                                             "(default: the -p/-f device, else auto: CUDA if here)")
     planning.add_argument("--summary", action="store_true", help="only the cost per task kind, not every task")
-    running.add_argument("--executor", default=None, help="serial, ray or auto (default: the -p/-f executor, else auto)")
+    running.add_argument("--executor", default=None, help="serial, ray, local or auto (default: the -p/-f executor, "
+                                                          "else auto)")
     running.add_argument("--ray-address", default=None, help="\"auto\" or ray://host:port to join a running cluster "
                                                              "(default: start Ray inside the run)")
-    running.add_argument("--gpu-fraction", type=float, default=None, help="share of a GPU each Ray task reserves "
-                                                                          "(default 0.25)")
-    running.add_argument("--figures", default=None, help="where tables go (default: $STITCHLIB_FIGURES/<profile> or "
-                                                         "figures/<profile>)")
+    running.add_argument("--gpu-fraction", type=float, default=None, help="share of a GPU each Ray or local task "
+                                                                          "reserves (default 0.25)")
+    running.add_argument("--figures", default=None, help="where tables, claims, figures and run.json go (default: "
+                                                         "$STITCHLIB_FIGURES/<profile> or figures/<profile>)")
+    running.add_argument("--no-plots", action="store_true", help="tables and claims only (papermill draws the "
+                                                                 "figures in the notebooks)")
     args = parser.parse_args(argv)
     if args.command == "plan":
         return _plan(args)
@@ -155,13 +164,14 @@ def _run(args) -> int:
             setups.append(setup(name, profile=profile, device=options.get("device", "auto"), store=args.store,
                                 figures_dir=args.figures, executor=executor,
                                 ray_address=options.get("ray_address", ""),
-                                gpu_fraction=options.get("gpu_fraction", 0.25), **mine))
+                                gpu_fraction=options.get("gpu_fraction", 0.25), others=given, **mine))
             executor = setups[0].executor  # one executor (one Ray session) for them all
     except (ValueError, TypeError, ImportError, ConnectionError, PermissionError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"{len(setups)} notebook{'s' if len(setups) > 1 else ''} at profile {profile} on the {executor.name} "
           f"executor, {setups[0].p.threads} thread(s) per task; store {setups[0].store.root}", flush=True)
+    record = _RunRecord(setups, executor.name, time.perf_counter() - start)
     try:
         with executor:
             # Every notebook's tasks at once, so that independent models of different notebooks run side
@@ -169,19 +179,74 @@ def _run(args) -> int:
             groups: dict = {}
             for s in setups:
                 w = s.where()
-                groups.setdefault((w.dataset, w.store, w.device, w.threads), (s, []))[1].extend(s.plan.tasks())
-            for s, tasks in groups.values():
-                s.compute(list(dict.fromkeys(tasks)), f"{len(setups)} notebooks" if len(setups) > 1 else s.experiment)
+                groups.setdefault((w.dataset, w.store, w.device, w.numerics), (s, []))[1].extend(s.plan.tasks())
+            with record.step("compute"):
+                for s, tasks in groups.values():
+                    s.compute(list(dict.fromkeys(tasks)), f"{len(setups)} notebooks" if len(setups) > 1
+                              else s.experiment)
             for s in setups:
-                results = EXPERIMENTS[s.experiment].run(s)
-                claims = check_claims(results)
-                print(f"\n== {EXPERIMENTS[s.experiment].notebook}: tables in {s.figures}")
+                notebook = EXPERIMENTS[s.experiment].notebook
+                with record.step(f"{notebook} tables"):
+                    results = EXPERIMENTS[s.experiment].run(s)
+                    claims = check_claims(results)
+                claims.to_csv(s.figures / f"{notebook}_claims.csv", index=False)
+                record.claims(notebook, claims)
+                if not args.no_plots:
+                    from .plotting import plot
+
+                    with record.step(f"{notebook} figures"):
+                        plot(results)
+                print(f"\n== {notebook}: tables{'' if args.no_plots else ', figures'} and claims in {s.figures}")
                 print(claims[["claim", "model", "threshold", "verdict"]].to_string(index=False), flush=True)
     except (ConnectionError, PermissionError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    print(f"\ndone in {time.perf_counter() - start:,.0f} s")
+    total = time.perf_counter() - start
+    record.write(setups[0].figures / "run.json", total)
+    print(f"\ndone in {total:,.0f} s (steps and hardware in {setups[0].figures / 'run.json'})")
     return 0
+
+
+class _RunRecord:
+    """run.json: what ran where, each step's seconds and every claim's verdict."""
+
+    def __init__(self, setups, executor: str, startup: float):
+        import datetime
+        import platform
+
+        import torch
+
+        from .training import device_name
+
+        device = setups[0].device
+        self.data = dict(
+            started=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            profile=setups[0].profile, notebooks=[s.experiment for s in setups], executor=executor,
+            device=str(device), device_name=device_name(device),
+            gpus=torch.cuda.device_count(), cpus=os.cpu_count(), python=platform.python_version(),
+            torch=torch.__version__, cuda=torch.version.cuda, stitchlib=__import__("stitchlib").__version__,
+            numerics=dataclasses.asdict(setups[0].p.numerics()),
+            params={s.experiment: s.params for s in setups}, seconds={"start-up": round(startup, 1)}, claims={})
+
+    @contextlib.contextmanager
+    def step(self, name: str):
+        import time
+
+        start = time.perf_counter()
+        yield
+        self.data["seconds"][name] = round(time.perf_counter() - start, 1)
+
+    def claims(self, notebook: str, claims) -> None:
+        self.data["claims"][notebook] = claims[["claim", "model", "statistic", "low", "high", "threshold",
+                                                "verdict"]].to_dict("records")
+
+    def write(self, path: Path, total: float) -> None:
+        import json
+
+        from .store import _atomic_write_bytes
+
+        self.data["seconds"]["total"] = round(total, 1)
+        _atomic_write_bytes(path, json.dumps(self.data, indent=1, default=str).encode())
 
 
 if __name__ == "__main__":

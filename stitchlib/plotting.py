@@ -157,10 +157,32 @@ def connectivity_figures(results, t: pd.DataFrame, caption: str) -> dict:
     t["bottom"] = t["bottom"].map({"trained": "another seed", "random": "random network"})
     panels = {family: f for family, f in t.groupby("family", sort=False)}
     line = dict(hue="width", style="bottom")
-    return {"fig2a_connectivity": _grid(panels, ["penalty", "penalty_init"],
-                                        _titled("Stitching connectivity (Fig. 2A)", caption),
-                                        reference=_paper("close", "paper: up to"), **line),
-            "fig5_cka": _grid(panels, ["cka"], _titled("CKA at the same cuts (Fig. 5)", caption), **line)}
+    figures = {"fig2a_connectivity": _grid(panels, ["penalty", "penalty_init"],
+                                           _titled("Stitching connectivity (Fig. 2A)", caption),
+                                           reference=_paper("close", "paper: up to"), **line),
+               "fig5_cka": _grid(panels, ["cka"], _titled("CKA at the same cuts (Fig. 5)", caption), **line)}
+    if results.cka_matrix is not None:
+        figures["cka_layers"] = cka_heatmap(results.cka_matrix, caption)
+    return figures
+
+
+def cka_heatmap(matrix: pd.DataFrame, caption: str):
+    """CKA between every cut of one seed (rows) and every cut of the other (columns): the
+    layer-by-layer heatmap (Kornblith et al. 2019). Its diagonal is Fig. 5's line for that pair."""
+    first = matrix.iloc[0]
+    grid = matrix.pivot(index=["cut_index_a", "cut_a"], columns=["cut_index_b", "cut_b"], values="cka")
+    fig, ax = plt.subplots(figsize=(5.2, 4.4))
+    sns.heatmap(grid.to_numpy(), vmin=0, vmax=1, cmap="viridis", square=True, ax=ax,
+                xticklabels=[name for _, name in grid.columns], yticklabels=[name for _, name in grid.index],
+                cbar_kws={"label": "linear CKA"})
+    ax.set_xlabel(f"cut of seed {first['seed_b']}")
+    ax.set_ylabel(f"cut of seed {first['seed_a']}")
+    # One seed pair, no interval: the data part of the caption only.
+    data = caption.split("; mean over")[0]
+    ax.set_title(f"CKA at every pair of cuts: {first['family']} {first['width']:g}x, seeds {first['seed_a']} and "
+                 f"{first['seed_b']}\n{data}", fontsize=8)
+    fig.tight_layout()
+    return fig
 
 
 def label_noise_figures(results, t: pd.DataFrame, caption: str) -> dict:

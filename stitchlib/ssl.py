@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from .data import DeviceLoader, Split, _generator
 from .models import split as split_model
 from .training import Recipe, as_nhwc, channels_last, resolve_device
+from .precision import autocast, check_precision
 
 __all__ = ["simclr_recipe", "simclr_views", "nt_xent", "train_simclr"]
 
@@ -96,10 +97,12 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5) -> tor
 
 def train_simclr(model: nn.Module, train: Split, mean, std, *, epochs: float, batch_size: int = 256,
                  temperature: float = 0.5, projection_dim: int = 128, seed: int = 0, device="auto",
-                 progress: bool = True) -> list[float]:
+                 progress: bool = True, precision: str = "fp32") -> list[float]:
     """Train `model`'s layers up to its pooled features with SimCLR, in place (its classifier is
-    left as it was). Returns the mean loss of every epoch."""
+    left as it was). Returns the mean loss of every epoch. `precision`: "fp32", or "bf16" for
+    bfloat16 autocast (the loss itself in float32)."""
     device = resolve_device(device)
+    check_precision(precision, device)
     channels_last(model.to(device)).train()
     encoder, _ = split_model(model, "pool")
     dim = encoder(torch.zeros(2, *train.images.shape[1:], device=device)).shape[1]
@@ -119,16 +122,18 @@ def train_simclr(model: nn.Module, train: Split, mean, std, *, epochs: float, ba
             epoch_losses = []
             for x, _ in loader:
                 v1, v2 = ((simclr_views(x, g) - norm[0]) / norm[1] for _ in range(2))
-                loss = nt_xent(head(encoder(as_nhwc(v1))), head(encoder(as_nhwc(v2))), temperature)
+                with autocast(device, precision):
+                    z1, z2 = head(encoder(as_nhwc(v1))), head(encoder(as_nhwc(v2)))
+                loss = nt_xent(z1.float(), z2.float(), temperature)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
                 sched.step()
-                epoch_losses.append(loss.item())
+                epoch_losses.append(loss.detach())  # no .item() per step: it would wait for the GPU
                 step += 1
                 bar.update()
                 if step >= total:
                     break
-            losses.append(sum(epoch_losses) / len(epoch_losses))
+            losses.append(torch.stack(epoch_losses).mean().item())
     model.eval()
     return losses

@@ -19,6 +19,7 @@ from torch import nn
 from .data import Dataset, DeviceLoader, Split
 from .models import CutPoint, resolve_cut, spine, split
 from .training import as_nhwc, channels_last, cross_entropy_step, error_rate, percent, resolve_device, run_steps
+from .precision import autocast, check_precision
 
 __all__ = ["Stitcher", "TokenBatchNorm", "StitchedModel", "StitchResult", "stitch", "BN_POLICIES", "INITS"]
 
@@ -242,6 +243,7 @@ def stitch(
     top_at: int | str | CutPoint | list | None = None,
     device: str | torch.device = "auto",
     progress: bool = True,
+    precision: str = "fp32",
 ) -> StitchResult | list[StitchResult]:
     """Stitch the bottom of `bottom_model` (B) up to cut `at` into the top of `top_model` (A).
 
@@ -257,6 +259,9 @@ def stitch(
     stitcher trains on the same batches in one pass, the bottom running once per batch for
     all of them, and a list of results comes back in the same order. Each result is the one
     `stitch` at that cut alone gives.
+
+    `precision`: "fp32", or "bf16" for bfloat16 autocast of every forward and backward pass (the
+    least-squares initialisation still solves its normal equations in float64).
     """
     if init not in INITS:
         raise ValueError(f"unknown init {init!r}; valid: {INITS}")
@@ -273,12 +278,13 @@ def stitch(
         raise ValueError(f"at lists {len(ats)} cuts and top_at {len(top_ats)}; give at least one cut, and "
                          "top_at as None or a list as long as at")
     device = resolve_device(device)
+    check_precision(precision, device)
     train = dataset.train if train is None else train
     test = dataset.test if test is None else test
     bcuts = [resolve_cut(bottom_model, a) for a in ats]
     tcuts = [resolve_cut(top_model, a) for a in top_ats]
     options = dict(epochs=epochs, steps=steps, init=init, kernel_size=kernel_size, bn_policy=bn_policy, lr=lr,
-                   batch_size=batch_size, ls_samples=ls_samples, ridge=ridge, seed=seed)
+                   batch_size=batch_size, ls_samples=ls_samples, ridge=ridge, seed=seed, precision=precision)
     if bn_policy == "drift":
         # One copy of the bottom serves every cut: it sees the same batches whatever the cut, so its
         # statistics drift the same way. Each top drifts with its own cut's stitched activations,
@@ -287,7 +293,7 @@ def stitch(
     channels_last(bottom_model.to(device)).eval()
     channels_last(top_model.to(device)).eval()
     if top_error is None:
-        top_error = error_rate(top_model, test, dataset.mean, dataset.std, device=device)
+        top_error = error_rate(top_model, test, dataset.mean, dataset.std, device=device, precision=precision)
 
     probe = next(iter(DeviceLoader(test, dataset.mean, dataset.std, batch_size=2, device=device)))[0]
     stitchers = []
@@ -299,7 +305,7 @@ def stitch(
                                                     kernel_size=kernel_size).to(device)))
     b_index, t_index = [c.index for c in bcuts], [c.index for c in tcuts]
     b_stages, t_stages = spine(bottom_model), spine(top_model)
-    with _restore_requires_grad(bottom_model, top_model):
+    with _restore_requires_grad(bottom_model, top_model), autocast(device, precision):
         tops = [copy.deepcopy(top_model) if bn_policy == "drift" else top_model for _ in bcuts]
         models = [StitchedModel(split(bottom_model, b)[0], s, split(top, t)[1], bn_policy=bn_policy)
                   for b, t, s, top in zip(bcuts, tcuts, stitchers, tops)]

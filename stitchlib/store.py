@@ -83,8 +83,8 @@ class CorruptArtifactWarning(UserWarning):
 # The modules that compute what is stored: a stored artifact's key covers their source, and only
 # theirs. Editing a notebook's pipeline (stitchlib/experiments/ but compute.py), the claims, the
 # plots or the reports keeps every trained model; editing the training code does not.
-COMPUTING_MODULES = ("data.py", "models.py", "training.py", "ssl.py", "stitching.py", "similarity.py",
-                     "pretrained.py", "store.py", "experiments/compute.py")
+COMPUTING_MODULES = ("data.py", "models.py", "training.py", "precision.py", "ssl.py", "stitching.py",
+                     "similarity.py", "pretrained.py", "store.py", "experiments/compute.py")
 
 
 def _hash_sources(directory: pathlib.Path, modules=COMPUTING_MODULES) -> str:

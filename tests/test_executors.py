@@ -17,7 +17,7 @@ from stitchlib import data as D
 from stitchlib.__main__ import main
 from stitchlib.experiments import executors as X
 from stitchlib.experiments import make_plan
-from stitchlib.experiments.compute import KeyContext
+from stitchlib.experiments.compute import KeyContext, Numerics
 from stitchlib.experiments.tasks import Checkpoint, RandomModel, TrainedModel
 from stitchlib.store import Store
 
@@ -34,9 +34,10 @@ def _setup(tmp_path, name, executor, **kw):
                            figures_dir=str(tmp_path / name / "figures"), executor=executor, **{**TINY, **kw})
 
 
-def test_serial_and_ray_give_identical_tables(tmp_path):
-    """The same plan on the serial executor and on Ray started inside the run (two one-thread
-    workers): every number and every per-image bit the same, in stores written independently."""
+def test_serial_ray_and_local_give_identical_tables(tmp_path):
+    """The same plan on the serial executor, on Ray started inside the run and on local worker
+    processes (two one-thread workers each): every number and every per-image bit the same, in
+    stores written independently."""
     pytest.importorskip("ray")
     serial = _setup(tmp_path, "serial", "serial")
     ray_run = _setup(tmp_path, "ray", "ray")
@@ -47,19 +48,33 @@ def test_serial_and_ray_give_identical_tables(tmp_path):
     b = stitchlib.connectivity(ray_run).table
     assert_tables_equal(a, b)
     assert a["error"].notna().all() and len(a) == 2 * (2 * 10 + 2 * 5)
-    # The two stores hold the same artifacts under the same keys.
+    # Local worker processes (no Ray): the same again.
+    local = _setup(tmp_path, "local", "local")
+    assert local.executor.name == "local" and local.compute(local.plan.tasks(), "local") == 24
+    assert_tables_equal(a, stitchlib.connectivity(local).table)
+    # The stores hold the same artifacts under the same keys.
     names = {p.parent.name + "/" + p.name for p in (tmp_path / "serial" / "store").glob("*/*.pt")}
-    assert names == {p.parent.name + "/" + p.name for p in (tmp_path / "ray" / "store").glob("*/*.pt")}
+    for other in ("ray", "local"):
+        assert names == {p.parent.name + "/" + p.name for p in (tmp_path / other / "store").glob("*/*.pt")}
     assert len(names) == 24
 
 
-def test_a_cpu_result_is_keyed_by_its_thread_count():
+def test_a_result_is_keyed_by_its_numerics():
     plan = make_plan("connectivity", "smoke", **TINY)
-    model = plan.comparisons[0].top
-    one, two = (KeyContext(Store("/nonexistent"), IDENTITY, "cpu", 3, threads) for threads in (1, 2))
+    model, stitch = plan.comparisons[0].top, plan.comparisons[0].stitch
+
+    def keys(device, **numerics):
+        return KeyContext(Store("/nonexistent"), IDENTITY, device, 3, Numerics(**numerics))
+
+    one, two = keys("cpu", threads=1), keys("cpu", threads=2)
     assert one.key(model) != two.key(model)
-    gpu_one, gpu_two = (KeyContext(Store("/nonexistent"), IDENTITY, "cuda", 3, threads) for threads in (1, 2))
+    gpu_one, gpu_two = keys("cuda", threads=1), keys("cuda", threads=2)
     assert gpu_one.key(model) == gpu_two.key(model) != one.key(model)  # a GPU's numbers do not depend on it
+    # bfloat16 and compiled training change the numbers: every artifact's key changes with them.
+    bf16, compiled = keys("cuda", precision="bf16"), keys("cuda", compile=True)
+    for task in (model, stitch):
+        assert len({gpu_one.key(task), bf16.key(task), compiled.key(task)}) == 3
+    assert make_plan("connectivity", "fast").params.numerics() == Numerics(1, "bf16", False)
     with pytest.raises(ValueError, match="threads must be an int >= 1"):
         make_plan("connectivity", "smoke", threads=0)
 
@@ -96,7 +111,7 @@ def test_progress_says_done_running_waiting_and_time_left(capsys):
 
 
 @pytest.mark.parametrize("options, error, match", [
-    (dict(executor="spark"), ValueError, r"unknown executor 'spark'; valid: \['auto', 'serial', 'ray'\]"),
+    (dict(executor="spark"), ValueError, r"unknown executor 'spark'; valid: \['auto', 'serial', 'ray', 'local'\]"),
     (dict(executor="ray", gpu_fraction=1.5), ValueError, r"gpu_fraction must be a number in \(0, 1\]"),
     (dict(executor="ray", gpu_fraction=0), ValueError, r"gpu_fraction must be a number in \(0, 1\]"),
     (dict(executor="ray", gpu_fraction=-0.5), ValueError, r"gpu_fraction must be a number in \(0, 1\]"),
@@ -129,7 +144,11 @@ def test_auto_takes_the_environment_then_ray_when_two_tasks_fit(monkeypatch):
     assert X.make_executor("auto", threads=1).name == "ray"
     assert X.make_executor("auto", threads=2).name == "serial"  # one task at a time: Ray only costs its start
     monkeypatch.setattr(X, "ray_installed", lambda: False)
-    assert X.make_executor("auto", threads=1).name == "serial"
+    # Without Ray (the GPU image has torch alone), worker processes of this machine.
+    assert X.make_executor("auto", threads=1).name == "local"
+    assert X.make_executor("auto", threads=2).name == "serial"
+    with pytest.raises(ValueError, match="needs executor=\"ray\""):
+        X.make_executor("local", ray_address="auto")
 
 
 def test_a_store_that_cannot_be_written_stops_the_run_before_any_training(tmp_path, monkeypatch):

@@ -77,6 +77,14 @@ def test_connectivity_table_is_tidy_and_consistent(tiny):
     summary = pd.read_csv(tiny.figures / "01_connectivity_summary.csv")
     assert len(summary) == len(t) // 2 and {"penalty_low", "penalty_high", "cka_low", "cka_high"} <= set(summary.columns)
     assert list(res.models["family"].unique()) == ["ResNet-18", "Myrtle CNN", "ResNet-18, disjoint halves"]
+    # CKA at every pair of cuts of the first ResNet-18 seed pair: its diagonal is that pair's per-cut CKA.
+    m = res.cka_matrix
+    assert len(m) == 10 * 10 and set(zip(m["seed_a"], m["seed_b"])) == {(0, 1)} and m["cka"].between(0, 1).all()
+    pair0 = trained[(trained["family"] == "ResNet-18") & (trained["pair_index"] == 0)].sort_values("cut_index")
+    diagonal = m[m["cut_index_a"] == m["cut_index_b"]].sort_values("cut_index_a")
+    assert list(diagonal["cut_a"]) == list(pair0["cut"])
+    assert abs(diagonal["cka"].to_numpy() - pair0["cka"].to_numpy()).max() < 1e-12
+    assert len(pd.read_csv(tiny.figures / "01_cka_matrix.csv")) == 100
 
 
 def test_second_run_loads_instead_of_training(tiny, monkeypatch):
@@ -147,7 +155,7 @@ def test_bad_parameters_fail_before_any_work(tmp_path, kwargs, error, match):
 
 
 def test_unknown_profile_and_experiment():
-    with pytest.raises(ValueError, match=r"unknown profile 'huge'; valid: \['smoke', 'paper'\]"):
+    with pytest.raises(ValueError, match=r"unknown profile 'huge'; valid: \['smoke', 'fast', 'paper'\]"):
         stitchlib.setup("connectivity", profile="huge")
     with pytest.raises(ValueError, match="unknown experiment or notebook 'nope'; valid: .*01_connectivity"):
         stitchlib.setup("nope")

@@ -10,7 +10,7 @@ import papermill
 import pytest
 import yaml
 
-from stitchlib.experiments import EXPERIMENTS
+from stitchlib.experiments import EXPERIMENTS, PROFILES
 from stitchlib.experiments.params import RUN_OPTIONS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,7 +41,7 @@ def test_parameters_are_typed_and_documented(name):
 
 
 @pytest.mark.parametrize("name", sorted(NOTEBOOKS))
-@pytest.mark.parametrize("profile", ["smoke", "paper"])
+@pytest.mark.parametrize("profile", PROFILES)
 def test_profile_yaml_matches_the_library(name, profile):
     values = yaml.safe_load((ROOT / "notebooks" / "params" / f"{name}.{profile}.yaml").read_text())
     params = papermill.inspect_notebook(str(ROOT / "notebooks" / f"{name}.ipynb"))

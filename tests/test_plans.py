@@ -128,7 +128,7 @@ def test_plans_load_no_data_and_build_no_weights(monkeypatch):
 
 @pytest.mark.parametrize("argv,message", [
     (["nope"], "unknown experiment or notebook 'nope'; valid:"),
-    (["01", "--profile", "huge"], r"unknown profile 'huge'; valid: \['smoke', 'paper'\]"),
+    (["01", "--profile", "huge"], r"unknown profile 'huge'; valid: \['smoke', 'fast', 'paper'\]"),
     (["01", "-p", "bogus", "1"], r"unknown parameters \['bogus'\] for 'connectivity'; valid:"),
     (["01", "-p", "widths", "1.0"], "parameter 'widths' must be list, got float 1.0"),
     (["03", "-p", "noise", "[0.5]"], r"give lists and dicts as YAML: -y \"noise: \[0.5\]\""),
@@ -167,7 +167,7 @@ def test_plan_keys_are_the_keys_a_run_stores(tmp_path):
     assert all(keys.stored(t) for t in s.plan.tasks())
     text = stitchlib.experiments.plan_report("connectivity", store=str(tmp_path / "store"), **tiny)
     assert f"{len(s.plan.tasks())} of {len(s.plan.tasks())} tasks stored" in text
-    stored = {p.stem for kind in ("model", "stitch", "cka") for p in (tmp_path / "store" / kind).glob("*.pt")}
+    stored = {p.stem for kind in ("model", "stitch", "cka", "cka_matrix") for p in (tmp_path / "store" / kind).glob("*.pt")}
     assert {keys.key(t) for t in s.plan.tasks() if isinstance(t, (TrainedModel, Stitch, CKA))} == stored
 
 

@@ -419,3 +419,366 @@ def test_cuda_matches_cpu(debiased):
     for xb, yb in batches(x.cuda(), y.cuda(), [50] * 4):
         acc.update(xb, yb)
     assert abs(acc.value() - want) < 1e-10
+
+
+# ---------------------------------------------------------------------------------------------
+# cka_matrix / CKAMatrix: every pair of layers at once
+
+from stitchlib.similarity import CKAMatrix, cka_matrix  # noqa: E402
+
+
+def layer_lists(n=40, seed=0):
+    """Layers of two 'networks' sharing a latent signal: different widths and shapes (a 4-D
+    conv-shaped one), float64 and float32, and feature offsets so that centring matters."""
+    g = gen(seed)
+    z = torch.randn(n, 4, generator=g, dtype=torch.float64)
+
+    def lin(*shape):
+        d = math.prod(shape)
+        w = torch.randn(4, d, generator=g, dtype=torch.float64)
+        return (z @ w + torch.randn(n, d, generator=g, dtype=torch.float64)).reshape(n, *shape)
+
+    a = [lin(30) + 3.0, lin(3, 4, 5), lin(7).float(), lin(2, 6) - 1.0]
+    b = [lin(50), lin(9) + 2.0, lin(2, 3, 3)]
+    return a, b
+
+
+def per_pair(a, b, debiased):
+    return np.array([[linear_cka(x, y, debiased=debiased) for y in b] for x in a])
+
+
+@pytest.mark.parametrize("form", ["auto", "gram", "feature"])
+@pytest.mark.parametrize("debiased", [False, True])
+def test_cka_matrix_matches_linear_cka_every_pair(monkeypatch, form, debiased):
+    import stitchlib.similarity as sim
+
+    a, b = layer_lists()
+    want = per_pair(a, b, debiased)
+    if form != "auto":
+        monkeypatch.setattr(sim, "_choose_matrix_form", lambda *args: form)
+    got = cka_matrix(a, b, debiased=debiased)
+    assert got.shape == (4, 3) and got.dtype == np.float64
+    assert np.abs(got - want).max() < 1e-12
+    # and the self-similarity matrix of a, through the shared path
+    assert np.abs(cka_matrix(a, a, debiased=debiased) - per_pair(a, a, debiased)).max() < 1e-12
+
+
+def test_cka_matrix_form_choice_and_tiles():
+    import stitchlib.similarity as sim
+
+    # Gram tiles: equal blocks of rows, all layers' tiles + two row chunks within _WORK_BYTES
+    assert sim._tile_rows(2000, 4096, 20) == 1000
+    assert sim._tile_rows(300, 100, 3) == 300
+    side = sim._tile_rows(10000, 16384, 20)
+    assert 500 < side < 10000 and 8 * side * (20 * side + 2 * 16384) <= sim._WORK_BYTES
+
+    assert sim._choose_matrix_form(2000, [4096, 2048], [1024, 512]) == "gram"
+    assert sim._choose_matrix_form(10000, [16, 32], [8]) == "feature"
+    assert sim._choose_matrix_form(10000, [16, 32], None) == "feature"
+
+
+@pytest.mark.parametrize("mode", ["auto", "gram tiles", "feature chunks"])
+@pytest.mark.parametrize("debiased", [False, True])
+def test_cka_matrix_streamed_equals_one_call(monkeypatch, mode, debiased):
+    import stitchlib.similarity as sim
+
+    a, b = layer_lists(n=90, seed=1)
+    want = per_pair(a, b, debiased)
+    one_call = cka_matrix(a, b, debiased=debiased)
+    sizes = [7, 1, 30, 4, 25, 23]
+    if mode == "gram tiles":
+        # 3 x 3 blocks of 30 rows (6 tiles), diagonal tiles in strips of 16, chunks across batches
+        monkeypatch.setattr(sim, "_tile_rows", lambda n, d, layers: 30)
+        monkeypatch.setattr(sim, "_GRAM_TILE", 16)
+        monkeypatch.setattr(sim, "_WORK_BYTES", 8 * 30 * 60)  # moments in chunks of 30 rows
+        monkeypatch.setattr(sim, "_choose_matrix_form", lambda *args: "gram")
+    elif mode == "feature chunks":
+        monkeypatch.setattr(sim, "_WORK_BYTES", 8 * 64)  # chunks of 64 rows across batches
+        monkeypatch.setattr(sim, "_choose_matrix_form", lambda *args: "feature")
+    m = CKAMatrix(debiased=debiased)
+    assert m.shape is None
+    i = 0
+    for s in sizes:
+        m.update([x[i : i + s] for x in a], [y[i : i + s] for y in b])
+        i += s
+    assert m.n == 90 and m.shape == (4, 3)
+    got = m.value()
+    assert np.abs(got - want).max() < 1e-12
+    assert np.abs(got - one_call).max() < 1e-12
+    assert np.array_equal(m.value(), got)  # value() does not consume the batches
+
+
+def test_cka_matrix_keeps_copies():
+    a, b = layer_lists(n=24, seed=2)
+    want = cka_matrix(a, b)
+    m = CKAMatrix()
+    bufs_a, bufs_b = [torch.empty_like(x[:12]) for x in a], [torch.empty_like(y[:12]) for y in b]
+    for i in (0, 12):
+        for buf, x in zip(bufs_a + bufs_b, a + b):
+            buf.copy_(x[i : i + 12])
+        m.update(bufs_a, bufs_b)  # the caller reuses its buffers
+    assert np.abs(m.value() - want).max() < 1e-12
+
+
+def test_cka_matrix_minibatch_matches_accumulator():
+    a, b = layer_lists(n=60, seed=3)
+    sizes = [8, 12, 5, 15, 20]
+    m = CKAMatrix("minibatch")
+    accs = [[CKAAccumulator("minibatch") for _ in b] for _ in a]
+    i = 0
+    for s in sizes:
+        m.update([x[i : i + s] for x in a], [y[i : i + s] for y in b])
+        for x, row in zip(a, accs):
+            for y, acc in zip(b, row):
+                acc.update(x[i : i + s], y[i : i + s])
+        i += s
+    want = np.array([[acc.value() for acc in row] for row in accs])
+    assert np.abs(m.value() - want).max() < 1e-12
+    # the convenience function: consecutive batches of batch_size, the last one smaller
+    m2 = CKAMatrix("minibatch", debiased=True)
+    for s in range(0, 60, 16):
+        m2.update([x[s : s + 16] for x in a], [y[s : s + 16] for y in b])
+    got = cka_matrix(a, b, estimator="minibatch", batch_size=16)
+    assert np.abs(got - m2.value()).max() < 1e-12
+    # one batch holding everything is the exact debiased CKA
+    one = cka_matrix(a, b, estimator="minibatch", batch_size=60)
+    assert np.abs(one - per_pair(a, b, True)).max() < 1e-12
+
+
+@pytest.mark.parametrize("debiased", [False, True])
+def test_cka_matrix_constant_offset_stays_exact(debiased):
+    a, b = layer_lists(n=40, seed=4)
+    # float64 inputs (a[2] is float32 in layer_lists): the claim is about float64 centring
+    a, b = [x.double() for x in a], [y.double() for y in b]
+    a_off, b_off = [x + 1e3 for x in a], [y + 1e3 for y in b]
+    got = cka_matrix(a_off, b_off, debiased=debiased)
+    assert np.abs(got - per_pair(a_off, b_off, debiased)).max() < 1e-12
+    # the offset itself moves the float64 inputs by ~1e-13 only: same matrix as without it
+    assert np.abs(got - cka_matrix(a, b, debiased=debiased)).max() < 1e-12
+    mb = cka_matrix(a_off, b_off, estimator="minibatch", batch_size=10)
+    assert np.abs(mb - cka_matrix(a, b, estimator="minibatch", batch_size=10)).max() < 1e-12
+
+
+@pytest.mark.parametrize("estimator", ["exact", "minibatch"])
+def test_cka_matrix_self_similarity_symmetric_unit_diagonal(estimator):
+    a, _ = layer_lists(n=32, seed=5)
+    kw = dict(estimator=estimator, batch_size=8)
+    for debiased in ([False, True] if estimator == "exact" else [True]):
+        m = cka_matrix(a, a, debiased=debiased, **kw)
+        assert np.array_equal(m, m.T)
+        assert np.abs(np.diag(m) - 1.0).max() < 1e-12
+        # the same tensors in another list, and copies (the general path), agree
+        assert np.array_equal(cka_matrix(a, list(a), debiased=debiased, **kw), m)
+        copies = cka_matrix(a, [x.clone() for x in a], debiased=debiased, **kw)
+        assert np.abs(copies - m).max() < 1e-12
+    # streamed, with b the same list every time
+    acc = CKAMatrix(estimator)
+    for s in range(0, 32, 8):
+        batch = [x[s : s + 8] for x in a]
+        acc.update(batch, batch)
+    assert np.abs(np.diag(acc.value()) - 1.0).max() < 1e-12
+
+
+def test_cka_matrix_computes_each_layer_once(monkeypatch):
+    import stitchlib.similarity as sim
+
+    calls = {"gram": 0, "moments": 0, "feature": 0}
+
+    def counting(name, fn):
+        def wrapper(*args, **kwargs):
+            calls[name] += 1
+            return fn(*args, **kwargs)
+
+        return wrapper
+
+    monkeypatch.setattr(sim._GramTiles, "compute", counting("gram", sim._GramTiles.compute))
+    monkeypatch.setattr(sim, "_layer_moments", counting("moments", sim._layer_moments))
+    monkeypatch.setattr(sim, "_feature_chunk", counting("feature", sim._feature_chunk))
+    monkeypatch.setattr(sim, "_pair_stats", None)  # no per-pair work at all
+
+    a, b = layer_lists(n=40, seed=6)
+    monkeypatch.setattr(sim, "_choose_matrix_form", lambda *args: "gram")
+    cka_matrix(a, b)
+    assert calls == {"gram": 4 + 3, "moments": 4 + 3, "feature": 0}  # not 4 x 3 x 2
+    calls.update(gram=0, moments=0)
+    cka_matrix(a, a)
+    assert calls == {"gram": 4, "moments": 4, "feature": 0}
+    # minibatch: once per layer per batch
+    calls.update(gram=0, moments=0)
+    cka_matrix(a, b, estimator="minibatch", batch_size=10)
+    assert calls == {"gram": 4 * (4 + 3), "moments": 4 * (4 + 3), "feature": 0}
+    # several tiles: once per layer per tile (3 blocks of rows: 6 tiles)
+    monkeypatch.setattr(sim, "_tile_rows", lambda n, d, layers: 14)
+    calls.update(gram=0, moments=0)
+    cka_matrix(a, b)
+    assert calls == {"gram": 6 * (4 + 3), "moments": 4 + 3, "feature": 0}
+    # feature form: one pass over the rows of each network per chunk
+    monkeypatch.setattr(sim, "_choose_matrix_form", lambda *args: "feature")
+    calls.update(gram=0, moments=0)
+    cka_matrix(a, b)
+    assert calls == {"gram": 0, "moments": 4 + 3, "feature": 2}
+
+
+# errors
+
+
+def test_cka_matrix_error_example_counts():
+    a, b = layer_lists(n=10, seed=7)
+    with pytest.raises(ValueError, match=r"a\[0\] has n=10 but b\[2\] has n=9"):
+        cka_matrix(a, b[:2] + [b[2][:9]])
+    with pytest.raises(ValueError, match=r"a\[0\] has n=10 but a\[3\] has n=8"):
+        CKAMatrix().update(a[:3] + [a[3][:8]], b)
+
+
+def test_cka_matrix_error_empty_and_types():
+    a, b = layer_lists(n=10, seed=7)
+    with pytest.raises(ValueError, match=r"^a is an empty list of layers"):
+        cka_matrix([], b)
+    with pytest.raises(ValueError, match=r"^b is an empty list of layers"):
+        CKAMatrix().update(a, ())
+    with pytest.raises(TypeError, match=r"a must be a list or tuple of tensors.*pass \[a\]"):
+        cka_matrix(a[0], b)
+    with pytest.raises(TypeError, match=r"b\[1\] must be a torch.Tensor"):
+        cka_matrix(a, [b[0], "layer"])
+    with pytest.raises(ValueError, match=r"b\[0\] has no features"):
+        cka_matrix(a, [torch.randn(10, 0)])
+    with pytest.raises(ValueError, match="valid estimators are 'exact', 'minibatch'"):
+        CKAMatrix("jackknife")
+    with pytest.raises(ValueError, match="no batches yet"):
+        CKAMatrix().value()
+    with pytest.raises(ValueError, match="batch_size must be a positive int"):
+        cka_matrix(a, b, batch_size=0)
+
+
+def test_cka_matrix_error_layers_change_between_batches():
+    a, b = layer_lists(n=10, seed=8)
+    m = CKAMatrix()
+    m.update(a, b)
+    with pytest.raises(ValueError, match=r"a\[1\] has 12 features after flattening in this batch, but 60 in earlier"):
+        m.update(a[:1] + [torch.randn(10, 12)] + a[2:], b)
+    with pytest.raises(ValueError, match=r"this batch has 3 layers in a and 3 in b, but earlier batches had 4 and 3"):
+        m.update(a[:3], b)
+    with pytest.raises(ValueError, match=r"b\[2\] has 9 features"):
+        m.update(a, b[:2] + [torch.randn(10, 9)])
+    s = CKAMatrix()
+    s.update(a, a)
+    with pytest.raises(ValueError, match="self-similarity"):
+        s.update(a, [x.clone() for x in a])
+    assert m.n == 10 and s.n == 10  # refused batches add nothing
+
+
+def test_cka_matrix_error_non_finite():
+    a, b = layer_lists(n=10, seed=9)
+    bad = b[1].clone()
+    bad[3, 0] = float("nan")
+    m = CKAMatrix()
+    with pytest.raises(ValueError, match=r"b\[1\] contains 1 NaN or infinite"):
+        m.update(a, [b[0], bad, b[2]])
+    assert m.n == 0
+    bad_a = a[1].clone()
+    bad_a[0, 0, 0, 0] = float("inf")
+    bad_a[9, 2, 3, 4] = float("-inf")
+    with pytest.raises(ValueError, match=r"a\[1\] contains 2 NaN or infinite"):
+        cka_matrix([a[0], bad_a], b, estimator="minibatch", batch_size=5)
+
+
+@pytest.mark.parametrize("debiased", [False, True])
+def test_cka_matrix_error_constant_layer_named_before_gram_work(monkeypatch, debiased):
+    import stitchlib.similarity as sim
+
+    a, b = layer_lists(n=12, seed=10)
+    const = torch.full((12, 2, 3), 0.1)
+    const[:, 1] = 3.7
+
+    def no_gram(*args):
+        raise AssertionError("Gram work before the checks")
+
+    monkeypatch.setattr(sim._GramTiles, "compute", no_gram)
+    monkeypatch.setattr(sim, "_feature_chunk", no_gram)
+    with pytest.raises(ValueError, match=r"^a\[3\] is constant across the examples"):
+        cka_matrix(a[:3] + [const], b, debiased=debiased)
+    with pytest.raises(ValueError, match=r"^b\[0\] is constant across the examples"):
+        cka_matrix(a, [const + 1e3] + b[1:], debiased=debiased)
+    monkeypatch.undo()
+    # minibatch: constant within every batch is an error, in a single batch it is not
+    m = CKAMatrix("minibatch")
+    m.update([x[:6] for x in a[:3]] + [const[:6]], [y[:6] for y in b])
+    with pytest.raises(ValueError, match=r"^a\[3\] is constant across the examples within every minibatch"):
+        m.value()
+    varied = torch.randn(6, 2, 3, generator=gen(0))
+    m.update([x[6:] for x in a[:3]] + [varied], [y[6:] for y in b])
+    assert np.isfinite(m.value()).all()
+
+
+def test_cka_matrix_error_too_few_examples():
+    a, b = layer_lists(n=10, seed=11)
+    with pytest.raises(ValueError, match="at least 4 examples"):
+        cka_matrix([x[:3] for x in a], [y[:3] for y in b], debiased=True)
+    assert np.isfinite(cka_matrix([x[:3] for x in a], [y[:3] for y in b])).all()
+    with pytest.raises(ValueError, match="at least 4 examples per batch; got a batch of 3"):
+        CKAMatrix("minibatch").update([x[:3] for x in a], [y[:3] for y in b])
+    with pytest.raises(ValueError, match=r"batch_size=4 over n=10 examples gives a batch of 2"):
+        cka_matrix(a, b, estimator="minibatch", batch_size=4)
+    with pytest.raises(ValueError, match="pass batch_size"):
+        cka_matrix(a, b, estimator="minibatch")
+    with pytest.raises(ValueError, match="debiased"):
+        cka_matrix(a, b, estimator="minibatch", batch_size=5, debiased=False)
+
+
+def test_cka_matrix_memory_limit():
+    a = [torch.randn(20, 50), torch.randn(20, 25)]  # 6000 bytes as float32
+    b = [torch.randn(20, 25)]  # 2000 bytes
+    m = CKAMatrix(max_bytes=10_000)
+    m.update(a, b)
+    with pytest.raises(MemoryError) as err:
+        m.update(a, b)
+    msg = str(err.value)
+    assert "16000 bytes" in msg and "40 examples x 100 features" in msg and "2 + 1 layers" in msg
+    assert "max_bytes=10000" in msg and "estimator='minibatch'" in msg
+    assert m.n == 20 and np.isfinite(m.value()).all()
+    # a self-similarity matrix keeps each layer once
+    s = CKAMatrix(max_bytes=12_000)
+    s.update(a, a)
+    s.update(a, a)
+    assert s.n == 40
+
+
+def test_check_finite_counts_in_bounded_chunks(monkeypatch):
+    import stitchlib.similarity as sim
+
+    x = torch.randn(50, 7)
+    x[0, 0] = float("nan")
+    x[20, 3] = float("inf")
+    x[49, 6] = float("nan")
+    x[49, 5] = float("-inf")
+    seen = []
+    real = torch.isfinite
+
+    def spy(t):
+        seen.append(t.numel())
+        return real(t)
+
+    monkeypatch.setattr(torch, "isfinite", spy)
+    monkeypatch.setattr(sim, "_WORK_BYTES", 8 * 20)  # masks of at most 20 elements: 2 rows
+    with pytest.raises(ValueError, match=r"^x contains 4 NaN or infinite value\(s\)"):
+        sim._check_finite(x, "x")
+    assert max(seen[1:]) <= 20 and len(seen) > 20  # seen[0]: the test of the sum (one element)
+    # finite values whose float32 sum overflows are not reported
+    seen.clear()
+    big = torch.full((10, 4), 3e38)
+    assert not torch.isfinite(big.sum())
+    sim._check_finite(big, "big")
+    assert len(seen) > 1
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("debiased", [False, True])
+def test_cka_matrix_cuda_matches_cpu(debiased):
+    a, b = layer_lists(n=300, seed=12)
+    want = cka_matrix(a, b, debiased=debiased)
+    got = cka_matrix([x.cuda() for x in a], [y.cuda() for y in b], debiased=debiased)
+    assert np.abs(got - want).max() < 1e-12
+    m = CKAMatrix("minibatch")
+    for s in range(0, 300, 100):
+        m.update([x[s : s + 100].cuda() for x in a], [y[s : s + 100].cuda() for y in b])
+    assert np.abs(m.value() - cka_matrix(a, b, estimator="minibatch", batch_size=100)).max() < 1e-12

@@ -116,7 +116,7 @@ def test_editing_a_pipeline_keeps_every_stored_key(tmp_path, edited):
     assert store_mod._hash_sources(copy) == base
 
 
-@pytest.mark.parametrize("edited", ["training.py", "models.py", "data.py", "stitching.py", "similarity.py",
+@pytest.mark.parametrize("edited", ["training.py", "precision.py", "models.py", "data.py", "stitching.py", "similarity.py",
                                     "ssl.py", "experiments/compute.py"])
 def test_editing_what_computes_an_artifact_changes_its_key(tmp_path, edited):
     copy = _package_copy(tmp_path)

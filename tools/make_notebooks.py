@@ -13,6 +13,7 @@ import nbformat as nbf
 
 from stitchlib.experiments import EXPERIMENTS, PROFILES
 from stitchlib.experiments import make_plan
+from stitchlib.experiments.core import fast_path_speedup
 from stitchlib.experiments.params import markdown_table, parameters_cell, profile_yaml
 from stitchlib.paper import REFERENCE
 
@@ -129,6 +130,10 @@ in points, shown at the least-squares initialisation (direct matching) and after
 stitcher. The paper trained its ViT on CIFAR-5m, which is not available here: ours is trained on
 CIFAR-10. The two disjoint-halves models get as many SGD steps as the others (the paper's recipe
 counts steps), so twice the epochs; each seed pair draws its own halves.
+
+Beside Fig. 5, the first ResNet-18 seed pair (at width 1 where the run has it) gets CKA between
+**every pair of cuts** (`cka_layers`, the layer-by-layer heatmap of Kornblith et al. 2019; its
+diagonal is Fig. 5's line for that pair). It is a picture, not a claim.
 """
 
 CONNECTIVITY_STATISTICS = """
@@ -284,19 +289,32 @@ def readme_block():
     parts = [BEGIN]
     for e in EXPERIMENTS.values():
         parts += [f"**`{e.notebook}`** ({e.title})", "", markdown_table(e.Params), ""]
-    rows = ["| notebook | tasks | images (millions) | PFLOP | H200-hours | wall hours, Ray on 1 H200 | "
-            "wall hours, Ray on 8 H200s |", "|---|---|---|---|---|---|---|"]
+    speedup, source = fast_path_speedup()
+    rows = ["| notebook | tasks | images (millions) | PFLOP | H200-hours (fp32) | wall hours, 1 H200 (fp32) | "
+            "wall hours, 8 H200s (fp32) | wall hours, 1 H200 (`-p precision bf16`) |",
+            "|---|---|---|---|---|---|---|---|"]
+    fast = ["| notebook | tasks | PFLOP | wall minutes, 1 H200, at the fp32 rate | wall minutes, 1 H200, fast path |",
+            "|---|---|---|---|---|"]
     for e in EXPERIMENTS.values():
         plan = make_plan(e.name, "paper")
         total = plan.cost().iloc[-1]
         rows.append(f"| `{e.notebook}` | {total['count']} | {total['images'] / 1e6:,.0f} | {total['pflop']:,.0f} | "
-                    f"{total['gpu_hours']:,.1f} | {plan.wall_hours(1):,.1f} | {plan.wall_hours(8):,.1f} |")
+                    f"{total['gpu_hours']:,.1f} | {plan.wall_hours(1):,.1f} | {plan.wall_hours(8):,.1f} | "
+                    f"{plan.wall_hours(1, speedup=speedup):,.1f} |")
+        plan = make_plan(e.name, "fast")
+        total = plan.cost().iloc[-1]
+        fast.append(f"| `{e.notebook}` | {total['count']} | {total['pflop']:,.1f} | {plan.wall_hours(1) * 60:,.0f} | "
+                    f"{plan.wall_hours(1, speedup=speedup) * 60:,.1f} |")
     parts += ["Estimated cost of the paper profile, from each notebook's plan (`python -m stitchlib plan "
               "<notebook> --profile paper`; `05` includes `01`-`04`, whose results its Table 1 reads, so its row "
               "is the whole suite). Wall hours: the plan's tasks scheduled as the ray executor does (longest "
-              "chain first), one task per GPU at the measured rate; sharing a GPU between tasks "
-              "(`gpu_fraction` < 1) is assumed to add no throughput, so these are upper bounds where it does:",
-              "", *rows, END]
+              "chain first), one task per GPU at the measured fp32 rate; sharing a GPU between tasks "
+              "(`gpu_fraction` < 1) is assumed to add no throughput, so these are upper bounds where it does. The "
+              f"last column is the same at the fast path's speed-up over fp32, x{speedup:g} ({source}):",
+              "", *rows, "",
+              "The fast profile, estimated the same way (`05`'s row is the whole suite; start-up, evaluation "
+              f"overheads and figures not counted). The fast path's column is at x{speedup:g} ({source}):",
+              "", *fast, END]
     return "\n".join(parts)
 
 

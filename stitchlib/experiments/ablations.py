@@ -18,7 +18,6 @@ For each seed pair:
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -26,7 +25,6 @@ import pandas as pd
 
 from .. import claims as C
 from .. import plotting
-from ..training import RECIPES
 from .core import (EXPERIMENTS, Experiment, Plan, Results, Setup, Splits, compare, derived_seed, finish, machine,
                    models_frame, pair_columns, register, row_of, run_plan, setup)
 from .connectivity import family_name
@@ -44,7 +42,8 @@ class AblationParams(Common):
                                [1, 3, 5, 7, 9])
     finetune_arch: dict = param("the ResNet-164 family for fine-tuning vs stitching: {width, depth (9n + 2)}",
                                 {"width": 0.25, "depth": 11}, {"width": 1.0, "depth": 164})
-    finetune_epochs: float = param("epochs of training for the re-initialised top layers above each cut", 4.0, 164.0)
+    finetune_epochs: float = param("epochs of training for the re-initialised top layers above each cut", 4.0, 164.0,
+                                   fast=1.0)
     random_seed: int = param("seed of the untrained random-network control (plus the pair's index)", 100)
 
     def check(self) -> None:
@@ -62,11 +61,11 @@ class AblationParams(Common):
 
 def plan(p: AblationParams, profile: str, uses: dict) -> Plan:
     splits = Splits.of(p)
-    recipe = dataclasses.replace(RECIPES[p.arch], epochs=float(p.epochs))
+    recipe = p.recipe(p.arch, p.epochs)
     ft = dict(p.finetune_arch)
     ft_width, family = ft.pop("width", 1.0), family_name("preact_resnet", p.finetune_arch)
     ft_options = tuple(sorted(ft.items()))
-    ft_recipe = dataclasses.replace(RECIPES["preact_resnet"], epochs=float(p.finetune_epochs))
+    ft_recipe = p.recipe("preact_resnet", p.finetune_epochs)
     shape = p.data_info["shape"]
     comparisons, extra = [], []
     for i, (top_seed, seed) in enumerate(p.seed_pairs()):
@@ -91,7 +90,7 @@ def plan(p: AblationParams, profile: str, uses: dict) -> Plan:
                         for label, options in (("least squares (default)", {}), ("random", {"init": "random"}))]
         random_seed = p.random_seed + i
         ft_top = TrainedModel(f"{family} seed {top_seed}", "preact_resnet", ft_width, top_seed, splits.train,
-                              splits.test, dataclasses.replace(RECIPES["preact_resnet"], epochs=float(p.epochs)),
+                              splits.test, p.recipe("preact_resnet", p.epochs),
                               ft_options)
         ft_random = RandomModel(f"{family} random {random_seed}", "preact_resnet", ft_width, random_seed,
                                 splits.train.num_classes, ft_options)

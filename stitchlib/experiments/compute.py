@@ -18,18 +18,35 @@ import torch
 
 from .. import data as data_mod
 from ..models import build_model, cut_points, spine
-from ..similarity import CKAAccumulator
+from ..precision import autocast
+from ..similarity import CKAAccumulator, CKAMatrix as CKAMatrixAccumulator
 from ..ssl import train_simclr
 from ..stitching import stitch
 from ..store import Store
 from ..training import misclassified, percent, train_model
-from .tasks import CKA, Checkpoint, RandomModel, SplitRef, Stitch, Task, TrainedModel
+from .tasks import CKA, Checkpoint, CKAMatrix, RandomModel, SplitRef, Stitch, Task, TrainedModel
 
 
-def placement(device: str, threads: int) -> dict:
-    """Where a task ran, as its store config records it: the device type and, on a CPU, the
-    thread count, since a CPU's results change with it (reductions split differently)."""
-    return dict(device=device, threads=int(threads)) if device == "cpu" else dict(device=device)
+@dataclass(frozen=True)
+class Numerics:
+    """How a task's arithmetic is done, beyond its configuration: CPU threads, precision ("fp32"
+    or "bf16") and whether training compiles its model. Each changes the numbers."""
+
+    threads: int = 1
+    precision: str = "fp32"
+    compile: bool = False
+
+
+def placement(device: str, numerics: Numerics) -> dict:
+    """Where and how a task ran, as its store config records it: the device type, the precision,
+    whether it was compiled, and on a CPU the thread count, since a CPU's results change with it
+    (reductions split differently)."""
+    out = dict(device=device, precision=numerics.precision)
+    if numerics.compile:
+        out["compile"] = True
+    if device == "cpu":
+        out["threads"] = int(numerics.threads)
+    return out
 
 
 @contextlib.contextmanager
@@ -54,14 +71,14 @@ def threaded(n: int, compute):
 @dataclass
 class KeyContext:
     """What a task's store key depends on besides the task: the data's identity (None while the
-    data has never been loaded), the device type, the CPU threads per task and the images'
-    channels."""
+    data has never been loaded), the device type, the images' channels and the numerics (CPU
+    threads per task, precision, compiling)."""
 
     store: Store
     identity: dict | None
     device: str
     in_channels: int
-    threads: int = 1
+    numerics: Numerics = Numerics()
     _keys: dict = field(default_factory=dict, repr=False)
 
     def key(self, task: Task) -> str | None:
@@ -90,7 +107,7 @@ class KeyContext:
             config = task.config(self.identity, self.device, top_key=dep_keys[0], bottom_key=dep_keys[1])
         else:
             config = task.config(self.identity, self.device, a_key=dep_keys[0], b_key=dep_keys[1])
-        return {**config, **placement(self.device, self.threads)}
+        return {**config, **placement(self.device, self.numerics)}
 
     def stored(self, task: Task) -> bool | None:
         """Whether the task's artifact is in the store (None: its key is not known yet)."""
@@ -104,12 +121,14 @@ class KeyContext:
 
 class Runner:
     """Runs specs against loaded data: materialises splits, trains or loads models, stitches and
-    compares them, each through the store and each on `threads` CPU threads. Results are
-    memoised per runner."""
+    compares them, each through the store and each with the given numerics (CPU threads,
+    precision, compiling). Results are memoised per runner."""
 
-    def __init__(self, dataset: data_mod.Dataset, store: Store, device: torch.device, threads: int = 1):
-        self.dataset, self.store, self.device, self.threads = dataset, store, device, int(threads)
-        self.keys = KeyContext(store, dataset.identity, device.type, dataset.train.images.shape[1], self.threads)
+    def __init__(self, dataset: data_mod.Dataset, store: Store, device: torch.device,
+                 numerics: Numerics = Numerics()):
+        self.dataset, self.store, self.device, self.numerics = dataset, store, device, numerics
+        self.threads = numerics.threads
+        self.keys = KeyContext(store, dataset.identity, device.type, dataset.train.images.shape[1], numerics)
         self._splits: dict = {}
         self._models: dict = {}
 
@@ -117,6 +136,8 @@ class Runner:
         """Make sure the task's artifact is in the store (what an executor's worker runs)."""
         if isinstance(task, Stitch):
             self.stitch(task, quiet=True)
+        elif isinstance(task, CKAMatrix):
+            self.cka_matrix(task)
         elif isinstance(task, CKA):
             self.cka(task)
         elif isinstance(task, (TrainedModel, Checkpoint, RandomModel)):
@@ -181,7 +202,9 @@ class Runner:
         def evaluate(state_dict):
             model = self._build(task)
             model.load_state_dict(state_dict)
-            return misclassified(model, test_split, ds.mean, ds.std, device=device)
+            return misclassified(model, test_split, ds.mean, ds.std, device=device, precision=precision)
+
+        precision = self.numerics.precision
 
         def compute():
             model = self._build(task)
@@ -193,18 +216,18 @@ class Runner:
             start = time.perf_counter()
             if task.simclr_epochs is not None:
                 train_simclr(model, train_split, ds.mean, ds.std, epochs=task.simclr_epochs, seed=task.seed,
-                             device=device, progress=progress)
+                             device=device, progress=progress, precision=precision)
                 n_frozen = len(spine(model)) - 1  # a linear classifier on frozen features
             # The same run without checkpoints may be stored already (01's base models are 04's
             # training-time run): its end is then known, and only the early part needs training.
             known_end = (self.store.load("model", self.keys.config(task.plain(), []))
                          if checkpoints and frozen is None and task.simclr_epochs is None and recipe.steps is None
                          and all(0 < c <= recipe.epochs for c in checkpoints) else None)
-            kw = dict(seed=task.seed, device=device, frozen=n_frozen, progress=progress,
-                      desc=f"{task.arch} w={task.width} seed={task.seed}")
+            kw = dict(seed=task.seed, device=device, frozen=n_frozen, progress=progress, precision=precision,
+                      compile=self.numerics.compile, desc=f"{task.arch} w={task.width} seed={task.seed}")
             if known_end is None:
                 saved = train_model(model, train_split, ds.mean, ds.std, recipe, checkpoints=tuple(checkpoints), **kw)
-                wrong = misclassified(model, test_split, ds.mean, ds.std, device=device)
+                wrong = misclassified(model, test_split, ds.mean, ds.std, device=device, precision=precision)
             else:
                 early = tuple(c for c in checkpoints if c < recipe.epochs)
                 saved = (train_model(model, train_split, ds.mean, ds.std, recipe, checkpoints=early,
@@ -252,22 +275,30 @@ class Runner:
         (top, top_rec), (bottom, bottom_rec) = self.model(task.top), self.model(task.bottom)
         return stitch_all_cuts(self.store, self.dataset, self.device, bottom, bottom_rec, top, top_rec,
                                train_split=self.split(task.train), test_split=self.split(task.test), label=task.label,
-                               bar=bar, threads=self.threads, quiet=quiet, **dict(task.settings))
+                               bar=bar, numerics=self.numerics, quiet=quiet, **dict(task.settings))
 
     def cka(self, task: CKA) -> list[float]:
         (a, rec_a), (b, rec_b) = self.model(task.a), self.model(task.b)
         return cka_all_cuts(self.store, self.dataset, self.device, a, rec_a, b, rec_b, self.split(task.images),
-                            task.estimator, task.batch_size, threads=self.threads)
+                            task.estimator, task.batch_size, numerics=self.numerics)
+
+
+    def cka_matrix(self, task: CKAMatrix) -> dict:
+        """{"cka": rows of A's cuts by columns of B's cuts, "cuts_a": names, "cuts_b": names}."""
+        (a, rec_a), (b, rec_b) = self.model(task.a), self.model(task.b)
+        return cka_every_pair_of_cuts(self.store, self.dataset, self.device, a, rec_a, b, rec_b,
+                                      self.split(task.images), task.estimator, task.batch_size,
+                                      numerics=self.numerics)
 
 
 def stitch_all_cuts(store: Store, dataset, device, bottom, bottom_rec, top, top_rec, *, train_split, test_split,
-                    label: str, threads: int, bar=None, quiet: bool = False, **stitch_kw) -> list[dict]:
-    """Stitch `bottom` into `top` at every cut point (cached as one artifact per pair), on
-    `threads` CPU threads. `bar`, when given, is a progress bar whose postfix names the pair;
+                    label: str, numerics: Numerics, bar=None, quiet: bool = False, **stitch_kw) -> list[dict]:
+    """Stitch `bottom` into `top` at every cut point (cached as one artifact per pair), with
+    `numerics` (CPU threads, precision). `bar`, when given, is a progress bar whose postfix names the pair;
     without one the stitcher shows its own, unless `quiet`."""
     config = dict(bottom=bottom_rec["key"], top=top_rec["key"], data=dataset.identity,
                   train_split=[list(s) for s in train_split.recipe], test_split=[list(s) for s in test_split.recipe],
-                  **placement(device.type, threads), **stitch_kw)
+                  **placement(device.type, numerics), **stitch_kw)
 
     def compute():
         cuts = cut_points(top)
@@ -278,7 +309,7 @@ def stitch_all_cuts(store: Store, dataset, device, bottom, bottom_rec, top, top_
         # Every cut in one pass over the data: the bottom runs once per batch for all of them.
         results = stitch(bottom, top, usable, dataset, train=train_split, test=test_split,
                          top_error=top_rec["test_error"], device=device, progress=bar is None and not quiet,
-                         **stitch_kw)
+                         precision=numerics.precision, **stitch_kw)
         found = {r.cut.index: r for r in results}
         rows = []
         for c in cuts:
@@ -288,17 +319,17 @@ def stitch_all_cuts(store: Store, dataset, device, bottom, bottom_rec, top, top_
                              wrong=pack_wrong(r.wrong) if r else None))
         return {"rows": rows}
 
-    rows = store.cached("stitch", config, threaded(threads, compute))["rows"]
+    rows = store.cached("stitch", config, threaded(numerics.threads, compute))["rows"]
     return [{**row, "wrong_init": unpack_wrong(row["wrong_init"]), "wrong": unpack_wrong(row["wrong"])} for row in rows]
 
 
 @torch.no_grad()
 def cka_all_cuts(store: Store, dataset, device, model_a, rec_a, model_b, rec_b, images: data_mod.Split,
-                 estimator: str, batch_size: int = 250, *, threads: int) -> list[float]:
-    """Linear CKA between A and B at every cut point, in one pass over `images` (cached), on
-    `threads` CPU threads."""
+                 estimator: str, batch_size: int = 250, *, numerics: Numerics) -> list[float]:
+    """Linear CKA between A and B at every cut point, in one pass over `images` (cached), with
+    `numerics`: the forward passes at its precision, CKA itself in float64."""
     config = dict(a=rec_a["key"], b=rec_b["key"], data=dataset.identity, images=[list(s) for s in images.recipe],
-                  estimator=estimator, batch_size=batch_size, **placement(device.type, threads))
+                  estimator=estimator, batch_size=batch_size, **placement(device.type, numerics))
 
     def compute():
         cuts = cut_points(model_a)
@@ -309,11 +340,39 @@ def cka_all_cuts(store: Store, dataset, device, model_a, rec_a, model_b, rec_b, 
             ha, hb = x, x
             for stage_a, stage_b, acc in zip(stages_a, stages_b, accs):
                 # Walk both spines stage by stage: every cut's features from a single forward pass.
-                ha, hb = stage_a(ha), stage_b(hb)
+                with autocast(device, numerics.precision):
+                    ha, hb = stage_a(ha), stage_b(hb)
                 acc.update(ha, hb)
         return {"cka": [acc.value() for acc in accs]}
 
-    return store.cached("cka", config, threaded(threads, compute))["cka"]
+    return store.cached("cka", config, threaded(numerics.threads, compute))["cka"]
+
+
+@torch.no_grad()
+def cka_every_pair_of_cuts(store: Store, dataset, device, model_a, rec_a, model_b, rec_b, images: data_mod.Split,
+                           estimator: str, batch_size: int = 250, *, numerics: Numerics) -> dict:
+    """Linear CKA between every cut of A and every cut of B (cached), from one pass over `images`:
+    each cut's features once per batch, each layer's statistics once (`similarity.CKAMatrix`)."""
+    config = dict(a=rec_a["key"], b=rec_b["key"], data=dataset.identity, images=[list(s) for s in images.recipe],
+                  estimator=estimator, batch_size=batch_size, **placement(device.type, numerics))
+
+    def features(model, x):
+        out, h = [], x
+        for stage, _ in zip(spine(model), cut_points(model)):
+            with autocast(device, numerics.precision):
+                h = stage(h)
+            out.append(h)
+        return out
+
+    def compute():
+        matrix = CKAMatrixAccumulator(estimator)
+        loader = data_mod.DeviceLoader(images, dataset.mean, dataset.std, batch_size=batch_size, device=device)
+        for x, _ in loader:
+            matrix.update(features(model_a, x), features(model_b, x))
+        return {"cka": torch.as_tensor(matrix.value(), dtype=torch.float64),
+                "cuts_a": [c.name for c in cut_points(model_a)], "cuts_b": [c.name for c in cut_points(model_b)]}
+
+    return store.cached("cka_matrix", config, threaded(numerics.threads, compute))
 
 
 def pack_wrong(wrong: torch.Tensor | None):

@@ -2,23 +2,24 @@
 
 In each panel and seed pair, the top seed is A; the bottom seed (and, except for the disjoint
 panel, a freshly built random network of seed random_seed + pair index) is stitched into it at
-every cut point, and CKA(A, bottom) is computed at every cut.
+every cut point, and CKA(A, bottom) is computed at every cut. For the first ResNet-18 seed pair
+(at width 1 where the run has it) CKA is also computed between every pair of cuts: the
+layer-by-layer heatmap, whose diagonal is Fig. 5's line.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import pandas as pd
 
 from .. import claims as C
 from .. import plotting
+from ..tables import write_csv
 from ..models import ARCHITECTURES
-from ..training import RECIPES
 from .core import Experiment, Plan, Setup, Splits, compare, equal_steps, finish, machine, pair_columns, register, run_plan
-from .params import BATCH_SIZE, Common, check_architecture, check_widths, param
-from .tasks import RandomModel, TrainedModel
+from .params import Common, check_architecture, check_widths, param
+from .tasks import CKAMatrix, RandomModel, TrainedModel
 
 FAMILY_NAMES = {"resnet18": "ResNet-18", "myrtle": "Myrtle CNN", "vit": "ViT"}
 
@@ -38,20 +39,23 @@ class ConnectivityParams(Common):
     widths: list = param("width multipliers (first layer 64 x w)", [0.125], [0.5, 1.0, 2.0], items=float)
     random_seed: int = param("seed of the untrained random-network control (plus the pair's index)", 100)
     # ResNet-164; the Myrtle CNN for 80K steps (205 epochs); the paper's ViT (trained on CIFAR-5m
-    # there, on CIFAR-10 here).
+    # there, on CIFAR-10 here). fast: the same models on the base epochs, the ViT (ten times a
+    # ResNet-18's FLOPs) on 4.
     architectures: dict = param("other panels: {arch: {width, depth, epochs}} for preact_resnet, myrtle, vit",
                                 {"preact_resnet": {"width": 0.25, "depth": 11}, "myrtle": {"width": 0.25}},
                                 {"preact_resnet": {"width": 1.0, "depth": 164}, "myrtle": {"width": 1.0, "epochs": 205.0},
-                                 "vit": {"width": 1.0, "depth": 12}})
+                                 "vit": {"width": 1.0, "depth": 12}},
+                                fast={"preact_resnet": {"width": 1.0, "depth": 164}, "myrtle": {"width": 1.0},
+                                      "vit": {"width": 1.0, "depth": 12, "epochs": 2.0}})
     disjoint: bool = param("add the panel of two ResNet-18s trained on disjoint halves of the training images",
                            False, True)
 
     def check(self) -> None:
         super().check()
         check_widths("widths", self.widths)
-        if self.disjoint and self.train_samples // 2 < BATCH_SIZE:
+        if self.disjoint and self.train_samples // 2 < self.batch_size:
             raise ValueError(f"disjoint=True trains on halves of train_samples={self.train_samples}: each half needs "
-                             f"at least one batch of {BATCH_SIZE} images, so train_samples >= {2 * BATCH_SIZE}")
+                             f"at least one batch of {self.batch_size} images, so train_samples >= {2 * self.batch_size}")
         for arch, opts in self.architectures.items():
             check_architecture(arch, opts, ("width", "depth", "epochs"),
                                f"architectures[{arch!r}]" if arch in ARCHITECTURES else "architectures")
@@ -94,7 +98,7 @@ def plan(p: ConnectivityParams, profile: str, uses: dict) -> Plan:
     splits = Splits.of(p)
     comparisons = []
     for f in _families(p, splits):
-        recipe = dataclasses.replace(RECIPES[f.arch], epochs=float(f.epochs))
+        recipe = p.recipe(f.arch, f.epochs)
         if f.panel == "disjoint":
             recipe = equal_steps(p, recipe, f.train_splits[0][0].size)
         for i, (seeds, train_splits) in enumerate(zip(p.seed_pairs(), f.train_splits)):
@@ -112,19 +116,36 @@ def plan(p: ConnectivityParams, profile: str, uses: dict) -> Plan:
                 columns = dict(family=f.family, arch=f.arch, width=f.width, panel=f.panel, bottom=role, pair=label,
                                **pair_columns(i, seeds[0], seed), **machine(f.panel, "trained", role))
                 comparisons.append(compare(p, splits, top, model, columns))
-    return Plan("connectivity", profile, p, comparisons)
+    # The heatmap's pair: the first seed pair of the ResNet-18 panel at width 1 (else the first width),
+    # on the images and estimator of its per-cut CKA.
+    width = 1.0 if 1.0 in p.widths else p.widths[0]
+    first = next(c for c in comparisons if c.columns["panel_id"] == "seeds" and c.columns["arch"] == p.arch
+                 and c.columns["width"] == width and c.columns["bottom_role"] == "trained")
+    matrix = CKAMatrix(f"CKA at every pair of cuts: {first.bottom.label} and {first.top.label}", first.top,
+                       first.bottom, first.cka.images, first.cka.estimator, first.cka.batch_size)
+    return Plan("connectivity", profile, p, comparisons, extra=[matrix])
 
 
 def run(s: Setup):
     """Fig. 2A and Fig. 5: one tidy row per (panel, seed pair, bottom, cut)."""
     # One bar for the whole experiment, advanced per base model, per stitched cut and per CKA pair;
     # the inner loops stay quiet so a notebook shows a single line of progress.
-    table, bar = run_plan(s, "connectivity")
-    bar.close()
+    table, bar = run_plan(s, "connectivity", extra_units=1)
+    with bar:
+        (matrix_task,) = s.plan.extra
+        bar.set_postfix_str(matrix_task.label)
+        matrix = s.runner.cka_matrix(matrix_task)
+        bar.update()
+    # Tidy: one row per (cut of the top seed, cut of the bottom seed).
+    heatmap = pd.DataFrame([dict(family=FAMILY_NAMES.get(s.p.arch, s.p.arch), width=matrix_task.a.width,
+                                 seed_a=matrix_task.a.seed, seed_b=matrix_task.b.seed, cut_index_a=i, cut_a=name_a,
+                                 cut_index_b=j, cut_b=name_b, cka=float(matrix["cka"][i, j]))
+                            for i, name_a in enumerate(matrix["cuts_a"]) for j, name_b in enumerate(matrix["cuts_b"])])
+    write_csv(heatmap, s.figures / "01_cka_matrix.csv")
     # Each panel's seed pairs, top then bottom, in the order the panels run.
     rows = [dict(family=c.columns["family"], width=m.width, seed=m.seed, test_error=s.runner.model(m)[1]["test_error"])
             for c in s.plan.comparisons if c.columns["bottom"] == "trained" for m in (c.top, c.bottom)]
-    return finish(s, table, pd.DataFrame(rows))
+    return finish(s, table, pd.DataFrame(rows), cka_matrix=heatmap)
 
 
 EXPERIMENT = register(Experiment(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import warnings
 import zlib
 from collections import Counter
 from dataclasses import dataclass, field
@@ -23,13 +24,14 @@ from tqdm.auto import tqdm
 
 from .. import data as data_mod
 from ..models import cut_points
+from ..precision import check_precision
 from ..store import Store
 from ..tables import write_csv
-from ..training import Recipe, resolve_device
+from ..training import Recipe, device_name, resolve_device
 from .compute import KeyContext, Runner
-from .executors import Executor, Where, jobs, make_executor, makespan
+from .executors import Executor, Where, cpu_count, jobs, make_executor, makespan
 from .params import Common, Params
-from .tasks import (CKA, Checkpoint, PretrainedStitch, RandomModel, SplitRef, Stitch, Task, TrainedModel,
+from .tasks import (CKA, Checkpoint, CKAMatrix, PretrainedStitch, RandomModel, SplitRef, Stitch, Task, TrainedModel,
                     architecture_info)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
@@ -39,6 +41,28 @@ REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 # FLOPs at that rate: an estimate for planning, not a measurement of that task.
 REFERENCE_GPU = "NVIDIA H200"
 REFERENCE_FLOPS_PER_S = 16725 * 3 * 1.11084544e9
+# The fast path's aggregate training rate over float32's that issue 13 asks of an H200 (65K against
+# 16.7K images/s), used for estimates until bench/gpu_throughput.py has measured it on one.
+FAST_PATH_TARGET_SPEEDUP = 4.0
+
+
+def fast_path_speedup() -> tuple[float, str]:
+    """(the fast path's speed-up over the fp32 reference, where the number comes from): the newest
+    H200 measurement of bench/gpu_throughput.py under bench/results/ or results/, else the target."""
+    import json
+
+    found = sorted(list((REPO_ROOT / "bench" / "results").glob("gpu_throughput*.json"))
+                   + list((REPO_ROOT / "results").glob("fast-*/gpu_throughput.json")), key=lambda p: p.stat().st_mtime)
+    for path in reversed(found):
+        report = json.loads(path.read_text())
+        if not report.get("tiny") and REFERENCE_GPU.split()[-1] in report.get("device", ""):
+            return report["resnet18_w1"]["ratio_best_over_fp32"], f"measured in {path.relative_to(REPO_ROOT)}"
+    return FAST_PATH_TARGET_SPEEDUP, "the target of issue 13, not yet measured"
+
+
+# A CPU core's useful rate on these models: the smoke suite's estimated 96 TFLOP took 1,850
+# core-seconds on this project's 2-core Xeon (Ray, one thread per task; README timings).
+CPU_FLOPS_PER_CORE = 96e12 / 1850
 
 
 @dataclass
@@ -117,13 +141,14 @@ class Plan:
                      gpu_hours=out["gpu_hours"].sum())
         return pd.concat([out, pd.DataFrame([total])], ignore_index=True)
 
-    def wall_hours(self, gpus: int, gpu_fraction: float = 1.0) -> float:
+    def wall_hours(self, gpus: int, gpu_fraction: float = 1.0, speedup: float = 1.0) -> float:
         """Estimated wall time (hours) of the whole plan through the Ray executor on `gpus` of the
-        reference GPU, each task at the reference rate times `gpu_fraction` (sharing a GPU is
-        assumed to add no throughput), scheduled longest chain first. On one GPU it is the sum."""
+        reference GPU, each task at the reference rate times `speedup` (the fast path's over fp32)
+        times `gpu_fraction` (sharing a GPU is assumed to add no throughput beyond `speedup`),
+        scheduled longest chain first. On one GPU it is the sum."""
         shape = self.params.data_info["shape"]
         todo, after = jobs(self.tasks(), None)
-        seconds = {job: job.cost(shape)[1] / (REFERENCE_FLOPS_PER_S * gpu_fraction) for job in todo}
+        seconds = {job: job.cost(shape)[1] / (REFERENCE_FLOPS_PER_S * speedup * gpu_fraction) for job in todo}
         return makespan(todo, after, seconds, max(1, int(gpus / gpu_fraction + 1e-9))) / 3600
 
     def table(self, keys: KeyContext | None = None) -> pd.DataFrame:
@@ -146,7 +171,8 @@ def _kind(task: Task) -> str:
             return "train (frozen prefix)"
         return "train (SimCLR + probe)" if task.simclr_epochs is not None else "train"
     return {RandomModel: "random network", Checkpoint: "checkpoint", Stitch: "stitch (all cuts)",
-            CKA: "CKA (all cuts)", PretrainedStitch: "stitch ImageNet (all cuts)"}[type(task)]
+            CKA: "CKA (all cuts)", CKAMatrix: "CKA (every pair of cuts)",
+            PretrainedStitch: "stitch ImageNet (all cuts)"}[type(task)]
 
 
 @dataclass(frozen=True)
@@ -186,8 +212,10 @@ def experiment_named(name: str) -> Experiment:
                      f"{sorted(e.name for e in EXPERIMENTS.values())} or {sorted(e.notebook for e in EXPERIMENTS.values())}")
 
 
-def make_plan(experiment: str, profile: str = "smoke", **params) -> Plan:
-    """The plan of `experiment` at `profile` with `params`: checked, nothing loaded or trained."""
+def make_plan(experiment: str, profile: str = "smoke", *, others: dict | None = None, **params) -> Plan:
+    """The plan of `experiment` at `profile` with `params`: checked, nothing loaded or trained.
+    `others`: parameters of a run of several notebooks (`stitchlib run all -p ...`), which the
+    experiments this one reads take where they declare them."""
     e = experiment_named(experiment)
     p = e.Params.resolve(profile, **params)
     uses, notes = {}, []
@@ -197,6 +225,7 @@ def make_plan(experiment: str, profile: str = "smoke", **params) -> Plan:
         # experiments it reads, so that their results are those of this profile and these seeds.
         shared = {k: v for k, v in p.as_dict().items()
                   if k in Common.names() and k in other.Params.names() and v != p.default(k, profile)}
+        shared.update({k: v for k, v in (others or {}).items() if k in other.Params.names()})
         try:
             uses[name] = make_plan(name, profile, **shared)
         except (ValueError, TypeError) as err:
@@ -230,7 +259,7 @@ class Setup:
 
     def where(self) -> Where:
         return Where(self.dataset.name, str(data_mod.data_dir()), self.dataset.identity, str(self.store.root),
-                     self.device.type, self.p.threads)
+                     self.device.type, self.p.numerics())
 
     def compute(self, tasks: list[Task], desc: str | None = None) -> int:
         """Compute every task of `tasks` (with what they depend on) that the store lacks, on this
@@ -246,14 +275,14 @@ class Setup:
     def describe(self) -> None:
         """Print what will run: profile, device, data identity, store, parameters, the plan's size."""
         ident = self.dataset.identity
-        where = (torch.cuda.get_device_name(self.device) if self.device.type == "cuda"
-                 else f"{torch.get_num_threads()} threads")
-        print(f"experiment {self.experiment} | profile {self.profile} | device {self.device.type} ({where})")
+        print(f"experiment {self.experiment} | profile {self.profile} | device {self.device.type} "
+              f"({device_name(self.device)})")
         print(f"seeds      {len(self['seeds']) // 2} pairs (top, bottom): {self.p.seed_pairs()}; "
               f"intervals at {self['confidence']:.0%}")
         print(f"data       {ident['name']} from {ident['source']} (sha256 {ident['sha256'][:12]}...)")
         print(f"store      {self.store.root}")
         print(f"executor   {self.executor.name} ({self.p.threads} thread{'s' if self.p.threads > 1 else ''} per task)")
+        print(f"numerics   {self.p.precision}{', compiled' if self.p.torch_compile else ''}, recipes {self.p.recipes}")
         print(f"figures    {self.figures}")
         for key, value in self.params.items():
             print(f"  {key:18s} {value}")
@@ -261,7 +290,7 @@ class Setup:
 
 def setup(experiment: str, *, profile: str = "smoke", device: str = "auto", figures_dir: str | None = None,
           store: str | None = None, executor: str | Executor = "auto", ray_address: str = "",
-          gpu_fraction: float = 0.25, **params) -> Setup:
+          gpu_fraction: float = 0.25, others: dict | None = None, **params) -> Setup:
     """Check the parameters and plan the experiment (and any it reads) before anything is loaded;
     then load the data. Parameters left None take the profile's value.
 
@@ -275,8 +304,19 @@ def setup(experiment: str, *, profile: str = "smoke", device: str = "auto", figu
     """
     if not isinstance(device, str):
         raise TypeError(f"parameter 'device' must be str, got {type(device).__name__} {device!r}")
-    plan = make_plan(experiment, profile, **params)
+    plan = make_plan(experiment, profile, others=others, **params)
     dev = resolve_device(device)
+    check_precision(plan.params.precision, dev)
+    if profile != "smoke" and dev.type == "cpu":
+        # Allowed (a CPU check of a GPU profile at small sizes), but said when it would take long.
+        flops = plan.cost()["pflop"].iloc[-1] * 1e15
+        hours = flops / (CPU_FLOPS_PER_CORE * cpu_count()) / 3600
+        if hours > 0.25:
+            warnings.warn(f"the {profile} profile is sized for GPUs: {experiment_named(experiment).notebook}'s plan is "
+                          f"about {flops / 1e15:,.2f} PFLOP, roughly {hours:,.1f} hours on this CPU's {cpu_count()} "
+                          f"cores (at the {CPU_FLOPS_PER_CORE / 1e9:.0f} GFLOP/s per core the smoke suite measured), "
+                          "stored tasks included; give smaller sizes with -p/-y for a check on a CPU", UserWarning,
+                          stacklevel=2)
     runs_on = make_executor(executor, ray_address=ray_address, gpu_fraction=gpu_fraction, device=dev.type,
                             threads=plan.params.threads)
     if runs_on.name == "ray" and dev.index is not None:
@@ -295,7 +335,7 @@ def setup(experiment: str, *, profile: str = "smoke", device: str = "auto", figu
     figures.mkdir(parents=True, exist_ok=True)
     e = experiment_named(experiment)
     return Setup(e.name, profile, plan.params.as_dict(), dev, st, dataset, figures, plan,
-                 Runner(dataset, st, dev, plan.params.threads), runs_on)
+                 Runner(dataset, st, dev, plan.params.numerics()), runs_on)
 
 
 def derived_seed(seed: int, what: str) -> int:
@@ -422,7 +462,7 @@ def run_plan(s: Setup, desc: str, extra_units: int = 0):
     s.compute(s.plan.tasks(), desc)
     # Each run reads the store afresh: nothing computed by an earlier run in this process is reused
     # unless the store still holds it (verified).
-    s.runner = Runner(s.dataset, s.store, s.device, s.p.threads)
+    s.runner = Runner(s.dataset, s.store, s.device, s.p.numerics())
     bar = tqdm(total=units(s.plan) + extra_units, desc=desc)
     return run_comparisons(s, bar), bar
 
@@ -451,6 +491,8 @@ class Results:
     setup: Setup = field(repr=False)
     curves: pd.DataFrame | None = None
     notes: list = field(default_factory=list)
+    # 01: CKA between every pair of cuts of its first seed pair (the layer-by-layer heatmap).
+    cka_matrix: pd.DataFrame | None = None
     # The other experiments' results an experiment summarises (05's Table 1), by experiment name.
     sources: dict = field(default_factory=dict, repr=False)
 
@@ -484,7 +526,7 @@ def plan_report(experiment: str, profile: str = "smoke", *, store: str | None = 
     kind = resolve_device("auto").type if device == "auto" else str(device).split(":")[0]
     if kind not in ("cpu", "cuda"):
         raise ValueError(f"unknown device {device!r}; use 'auto', 'cpu', 'cuda' or 'cuda:N'")
-    keys = KeyContext(Store(store), identity, kind, p.data_info["shape"][0], p.threads)
+    keys = KeyContext(Store(store), identity, kind, p.data_info["shape"][0], p.numerics())
     changed = {k: v for k, v in p.as_dict().items() if v != p.default(k, profile)}
     lines = [f"plan of {e.notebook} ({e.title}) at profile {profile}",
              f"parameters changed from the profile: {changed or 'none'}",
@@ -502,11 +544,16 @@ def plan_report(experiment: str, profile: str = "smoke", *, store: str | None = 
             lines.append(f"{stored} of {len(table)} tasks stored; '?': key known only when running "
                          "(decided from results, or data never loaded)")
         cost = plan.cost()
-        lines += ["", f"estimated cost (hours on one {REFERENCE_GPU} at the throughput measured in "
+        lines += ["", f"estimated cost (hours on one {REFERENCE_GPU} at the fp32 throughput measured in "
                       "bench/results/gpu_paper_scale_h200_2026-11-28.json; stored tasks included):",
                   cost.to_string(index=False, formatters={"images": "{:,.0f}".format, "pflop": "{:,.3f}".format,
                                                           "gpu_hours": "{:,.2f}".format}),
                   f"estimated wall time through the ray executor, one task per GPU: {plan.wall_hours(1):,.2f} h on "
                   f"1 {REFERENCE_GPU}, {plan.wall_hours(8):,.2f} h on 8 (tasks start longest chain first; the "
                   "longest chain bounds it)"]
+        if p.precision == "bf16":
+            speedup, source = fast_path_speedup()
+            lines.append(f"at the fast path's speed-up over fp32 (x{speedup:g}, {source}): "
+                         f"{plan.wall_hours(1, speedup=speedup) * 60:,.1f} min on 1 {REFERENCE_GPU}, "
+                         f"{plan.wall_hours(8, speedup=speedup) * 60:,.1f} min on 8")
     return "\n".join(lines)

@@ -8,7 +8,10 @@ skips those the store holds, and computes the rest, each after its dependencies:
 - `ray`: as Ray tasks, on the cores and GPUs of this machine (Ray started inside the run) or of a
   running cluster (`ray_address="auto"` or `"ray://host:port"`). Each task reserves `threads` CPUs,
   and on GPUs `gpu_fraction` of one, so several small models share a GPU. Ready tasks start
-  longest-chain first (by estimated FLOPs), so the run's critical path starts early.
+  longest-chain first (by estimated FLOPs), so the run's critical path starts early;
+- `local`: the same scheduling on a pool of worker processes of this machine, without Ray (a GPU
+  machine with torch alone): cores / threads workers on a CPU, GPUs / gpu_fraction on GPUs, each
+  worker bound to one GPU, so that several tasks share a GPU.
 
 Either way a task runs the same code (`run_task`: a `Runner` on the task's own thread count, with
 its own seeds) and writes the same content-addressed store, which workers share through per-key
@@ -30,10 +33,10 @@ from tqdm.auto import tqdm
 
 from .. import data as data_mod
 from ..store import Store
-from .compute import KeyContext, Runner
+from .compute import KeyContext, Numerics, Runner
 from .tasks import CKA, Checkpoint, RandomModel, Stitch, Task, TrainedModel
 
-EXECUTORS = ("auto", "serial", "ray")
+EXECUTORS = ("auto", "serial", "ray", "local")
 ENV_EXECUTOR = "STITCHLIB_EXECUTOR"
 # How long joining a cluster may take before the run says it cannot reach it.
 CONNECT_TIMEOUT_S = 5.0
@@ -44,14 +47,18 @@ RETRIES = 2
 @dataclass(frozen=True)
 class Where:
     """What a worker needs besides the task: which data (by name, folder and identity), which
-    store, which device type, how many threads. Picklable, and small."""
+    store, which device type, which numerics (threads, precision, compiling). Picklable, and small."""
 
     dataset: str
     data_root: str
     identity: dict
     store: str
     device: str
-    threads: int
+    numerics: Numerics
+
+    @property
+    def threads(self) -> int:
+        return self.numerics.threads
 
 
 _DATASETS: dict = {}
@@ -75,7 +82,7 @@ def run_task(task: Task, where: Where, dataset: data_mod.Dataset | None = None) 
     runner per task: nothing is carried from one task to the next but the store."""
     start = time.perf_counter()
     device = torch.device(where.device)
-    Runner(dataset or _dataset(where), Store(where.store), device, where.threads).compute(task)
+    Runner(dataset or _dataset(where), Store(where.store), device, where.numerics).compute(task)
     return time.perf_counter() - start
 
 
@@ -359,41 +366,125 @@ class RayExecutor(Executor):
         remote = ray.remote(run_task).options(
             num_cpus=where.threads, num_gpus=self.gpu_fraction if where.device == "cuda" else 0,
             max_retries=RETRIES)
-        priority = _critical_path(todo, after, shape)
-        waiting = {job: set(deps) for job, deps in after.items()}
-        ready = [job for job in todo if not waiting[job]]
-        running: dict = {}
-        slots = self.slots(ray, where)
-        progress = Progress(todo, shape, desc, f"ray, {slots} at a time")
+        started: list = []
+
+        def start(job):
+            started.append(remote.remote(job, where))
+            return started[-1]
+
+        def wait(running):
+            finished, _ = ray.wait(list(running), num_returns=1)
+            for ref in finished:
+                try:
+                    ray.get(ref)
+                except Exception as err:
+                    raise RuntimeError(f"{running[ref].label} failed on a Ray worker: {err}") from err
+            return finished
+
         try:
-            while ready or running:
-                ready.sort(key=lambda j: priority[j])
-                while ready and len(running) < slots:
-                    job = ready.pop()
-                    running[remote.remote(job, where)] = job
-                progress.update([], list(running.values()))
-                finished, _ = ray.wait(list(running), num_returns=1)
-                done = []
-                for ref in finished:
-                    job = running.pop(ref)
-                    try:
-                        ray.get(ref)
-                    except Exception as err:
-                        raise RuntimeError(f"{job.label} failed on a Ray worker: {err}") from err
-                    done.append(job)
-                    for other, deps in waiting.items():
-                        if job in deps:
-                            deps.discard(job)
-                            if not deps:
-                                ready.append(other)
-                progress.update(done, list(running.values()))
-                slots = self.slots(ray, where)  # a cluster may grow or shrink while the run goes
+            # Slots asked anew each time: a cluster may grow or shrink while the run goes.
+            _schedule(todo, after, shape, lambda: self.slots(ray, where), start, wait, desc,
+                      f"ray, {self.slots(ray, where)} at a time")
         except BaseException:
-            for ref in running:
+            for ref in started:
                 ray.cancel(ref, force=True)
             raise
-        finally:
-            progress.close()
+
+
+def _schedule(todo, after, shape, slots, start, wait, desc: str, where: str) -> None:
+    """Run `todo` with at most `slots()` at a time, each after `after[job]`, the ready job with the
+    longest chain first: `start(job)` returns a handle, `wait(handles)` returns the finished
+    handles and raises for a failed one."""
+    priority = _critical_path(todo, after, shape)
+    waiting = {job: set(deps) for job, deps in after.items()}
+    ready = [job for job in todo if not waiting[job]]
+    running: dict = {}
+    progress = Progress(todo, shape, desc, where)
+    try:
+        while ready or running:
+            ready.sort(key=lambda j: priority[j])
+            while ready and len(running) < slots():
+                job = ready.pop()
+                running[start(job)] = job
+            progress.update([], list(running.values()))
+            done = []
+            for handle in wait(running):
+                job = running.pop(handle)
+                done.append(job)
+                for other, deps in waiting.items():
+                    if job in deps:
+                        deps.discard(job)
+                        if not deps:
+                            ready.append(other)
+            progress.update(done, list(running.values()))
+    finally:
+        progress.close()
+
+
+_GPU: list = []
+
+
+def _bind_gpu(gpus) -> None:
+    """A local worker's start: take the next GPU of the round (each worker keeps one)."""
+    if gpus is not None:
+        index = gpus.get()
+        torch.cuda.set_device(index)
+        _GPU.append(index)
+
+
+class LocalExecutor(Executor):
+    """Jobs on a pool of worker processes of this machine, scheduled as the Ray executor does,
+    without Ray: cores / threads workers on a CPU; on GPUs, 1 / gpu_fraction workers per GPU, each
+    bound to one, so that several tasks share a GPU (their kernels interleave)."""
+
+    name = "local"
+
+    def __init__(self, gpu_fraction: float = 0.25):
+        super().__init__()
+        self.gpu_fraction = gpu_fraction
+
+    def __repr__(self) -> str:
+        return f"<LocalExecutor gpu_fraction={self.gpu_fraction}>"
+
+    def slots(self, where: Where) -> int:
+        if where.device == "cuda":
+            return max(1, int(torch.cuda.device_count() / self.gpu_fraction + 1e-9))
+        return max(1, cpu_count() // where.threads)
+
+    def _compute(self, todo, after, where, shape, desc, dataset) -> None:
+        import concurrent.futures as cf
+        import multiprocessing
+
+        slots = min(self.slots(where), len(todo))
+        # spawn: a fresh interpreter per worker (CUDA cannot be used in a forked child).
+        context = multiprocessing.get_context("spawn")
+        gpus = None
+        if where.device == "cuda":
+            gpus = context.Queue()
+            for k in range(slots):
+                gpus.put(k % torch.cuda.device_count())
+        pool = cf.ProcessPoolExecutor(slots, mp_context=context, initializer=_bind_gpu, initargs=(gpus,))
+
+        def wait(running):
+            finished, _ = cf.wait(list(running), return_when=cf.FIRST_COMPLETED)
+            for future in finished:
+                try:
+                    future.result()
+                except Exception as err:
+                    raise RuntimeError(f"{running[future].label} failed in a local worker: {err}") from err
+            return finished
+
+        try:
+            _schedule(todo, after, shape, lambda: slots, lambda job: pool.submit(run_task, job, where), wait, desc,
+                      f"local, {slots} at a time")
+        except BaseException:
+            # Stop at once: queued jobs are cancelled and running workers killed (the store keeps
+            # nothing half-written, and a rerun computes what is missing).
+            for process in list(getattr(pool, "_processes", {}).values()):
+                process.kill()
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown(wait=True)
 
 
 def cpu_count() -> int:
@@ -411,8 +502,9 @@ def ray_installed() -> bool:
 def make_executor(name: str | Executor = "auto", *, ray_address: str = "", gpu_fraction: float = 0.25,
                   device: str = "cpu", threads: int = 1) -> Executor:
     """The executor called `name`, its options checked before any work. "auto": the one in
-    $STITCHLIB_EXECUTOR, else Ray when it is installed and at least two tasks fit on this machine
-    at once (cores / threads, or GPUs / gpu_fraction), else serial."""
+    $STITCHLIB_EXECUTOR, else, when at least two tasks fit on this machine at once (cores /
+    threads, or GPUs / gpu_fraction), Ray if it is installed and local worker processes if not;
+    else serial."""
     if isinstance(name, Executor):
         return name
     if not isinstance(name, str) or name not in EXECUTORS:
@@ -432,11 +524,11 @@ def make_executor(name: str | Executor = "auto", *, ray_address: str = "", gpu_f
             name = "ray"
         else:
             fits = torch.cuda.device_count() / gpu_fraction if device == "cuda" else cpu_count() // threads
-            name = "ray" if ray_installed() and fits >= 2 else "serial"
-    if name == "serial":
+            name = ("ray" if ray_installed() else "local") if fits >= 2 else "serial"
+    if name in ("serial", "local"):
         if ray_address:
-            raise ValueError(f"ray_address={ray_address!r} needs executor=\"ray\" (or \"auto\"), not \"serial\"")
-        return SerialExecutor()
+            raise ValueError(f"ray_address={ray_address!r} needs executor=\"ray\" (or \"auto\"), not {name!r}")
+        return SerialExecutor() if name == "serial" else LocalExecutor(float(gpu_fraction))
     if not ray_installed():
         raise ImportError("executor=\"ray\" needs Ray: pip install 'ray>=2.9' (it comes with stitchlib's own "
                           "dependencies), or use executor=\"serial\"")
@@ -444,5 +536,5 @@ def make_executor(name: str | Executor = "auto", *, ray_address: str = "", gpu_f
     return RayExecutor(ray_address, float(gpu_fraction))
 
 
-__all__ = ["EXECUTORS", "Executor", "SerialExecutor", "RayExecutor", "Where", "make_executor", "run_task", "jobs",
+__all__ = ["EXECUTORS", "Executor", "SerialExecutor", "RayExecutor", "LocalExecutor", "Where", "make_executor", "run_task", "jobs",
            "check_address"]

@@ -11,13 +11,11 @@ trains on the same images. The coarse model's own error is measured on coarse te
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 
 from .. import claims as C
 from .. import plotting
-from ..training import RECIPES
 from .core import (Experiment, Plan, Setup, Splits, compare, derived_seed, finish, machine, models_frame, pair_columns,
                    register, run_plan)
 from .params import Common, check_width, is_number, param
@@ -47,7 +45,7 @@ class LabelNoiseParams(Common):
 
 def plan(p: LabelNoiseParams, profile: str, uses: dict) -> Plan:
     splits = Splits.of(p)
-    recipe = dataclasses.replace(RECIPES[p.arch], epochs=float(p.epochs))
+    recipe = p.recipe(p.arch, p.epochs)
     comparisons = []
     for i, (top_seed, seed) in enumerate(p.seed_pairs()):
         top = TrainedModel(f"clean labels, seed {top_seed}", p.arch, p.width, top_seed, splits.train, splits.test,

@@ -28,7 +28,7 @@ import pandas as pd
 from .. import claims as C
 from .. import plotting
 from ..tables import write_csv
-from ..training import RECIPES, Recipe
+from ..training import Recipe
 from .core import (Experiment, Plan, Setup, SplitRef, Splits, compare, equal_steps, finish, machine, models_frame,
                    pair_columns, register, run_plan)
 from .params import Common, check_training_size, check_width, check_widths, is_number, param
@@ -49,8 +49,8 @@ class MoreIsBetterParams(Common):
     samples: int = param('training images of the "more samples" bottom (Fig. 2C), at most the training split',
                          25000)
     checkpoint_epochs: list = param("checkpoints of the training-time run (at most epochs)", [1.0, 4.0],
-                                    [40.0, 80.0, 160.0], items=float)
-    top_epoch: float = param("the checkpoint they are stitched into", 2.0, 80.0)
+                                    [40.0, 80.0, 160.0], fast=[1.5, 3.0, 6.0], items=float)
+    top_epoch: float = param("the checkpoint they are stitched into", 2.0, 80.0, fast=3.0)
     widths: list = param("widths of the width panel's bottoms and tops", [0.03125, 0.125], [0.25, 1.0, 2.0],
                          items=float)
     # The smoke models' penalties are far from zero: a paper-level "near zero" would freeze nothing.
@@ -63,7 +63,7 @@ class MoreIsBetterParams(Common):
         check_widths("widths", self.widths)
         for name in ("fewer_samples", "top_samples", "samples"):
             check_training_size(name, getattr(self, name), self.data_info["train"],
-                                f"the training split of {self.dataset}")
+                                f"the training split of {self.dataset}", self.batch_size)
         if not self.fewer_samples < self.top_samples < self.samples:
             raise ValueError("the samples experiment needs fewer_samples < top_samples < samples (fewer, equal and "
                              f"more samples than the top), got {self.fewer_samples}, {self.top_samples}, "
@@ -111,7 +111,7 @@ def _freeze(p: MoreIsBetterParams, base: Recipe) -> _Freeze:
 
 def plan(p: MoreIsBetterParams, profile: str, uses: dict) -> Plan:
     splits = Splits.of(p)
-    base = dataclasses.replace(RECIPES[p.arch], epochs=float(p.epochs))
+    base = p.recipe(p.arch, p.epochs)
     # Samples (Fig. 2C): nested subsets, so the larger sets contain the smaller ones.
     info = p.data_info
     full = SplitRef("train", info["train"], info["num_classes"])
@@ -175,7 +175,7 @@ def plan(p: MoreIsBetterParams, profile: str, uses: dict) -> Plan:
 
 def run(s: Setup):
     p, plan_ = s.p, s.plan
-    fz = _freeze(p, dataclasses.replace(RECIPES[p.arch], epochs=float(p.epochs)))
+    fz = _freeze(p, p.recipe(p.arch, p.epochs))
     table, bar = run_plan(s, "more is better", extra_units=len(plan_.extra))
     with bar:
         # Freeze training (Fig. 9, Appendix B.4): one prefix for every pair, from their mean penalties.

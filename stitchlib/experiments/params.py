@@ -16,10 +16,14 @@ from typing import Any, ClassVar
 
 from .. import data as data_mod
 from ..models import ARCHITECTURES
+from ..precision import PRECISIONS, check_precision
 from ..statistics import validate_confidence
-from ..training import Recipe
+from ..training import RECIPE_SETS, Recipe
+from .compute import Numerics
 
-PROFILES = ("smoke", "paper")
+# smoke: a 2-core CPU in minutes. fast: the paper's architectures and widths with short modern
+# schedules, minutes on one GPU. paper: Appendix A's recipes, GPU-hours.
+PROFILES = ("smoke", "fast", "paper")
 # Every model trains in whole batches (the loop drops a last partial one): a training set needs one.
 BATCH_SIZE = Recipe().batch_size
 _SAME = object()
@@ -27,11 +31,13 @@ _SAME = object()
 _TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,), "list": (list,), "dict": (dict,)}
 
 
-def param(help: str, smoke: Any, paper: Any = _SAME, *, items: type | None = None):
-    """A parameter: its help text and its value at each profile (`paper` defaults to `smoke`'s).
+def param(help: str, smoke: Any, paper: Any = _SAME, *, fast: Any = _SAME, items: type | None = None):
+    """A parameter: its help text and its value at each profile (`paper` defaults to `smoke`'s,
+    `fast`, the paper's models on short schedules, to `paper`'s).
     `items=float`: a list of numbers, kept as floats (papermill and YAML give 1 for 1.0)."""
-    return field(default=None, metadata=dict(help=help, items=items,
-                                             profiles={"smoke": smoke, "paper": smoke if paper is _SAME else paper}))
+    paper = smoke if paper is _SAME else paper
+    return field(default=None, metadata=dict(help=help, items=items, profiles={
+        "smoke": smoke, "fast": paper if fast is _SAME else fast, "paper": paper}))
 
 
 def is_number(x) -> bool:
@@ -125,10 +131,10 @@ def check_size(name: str, value: int, limit: int, what: str, least: int = 1) -> 
         raise ValueError(f"{name}={value} must be in [{least}, {limit}] ({what})")
 
 
-def check_training_size(name: str, value: int, limit: int, what: str) -> None:
+def check_training_size(name: str, value: int, limit: int, what: str, batch: int = BATCH_SIZE) -> None:
     """A model's training images: at least one whole batch, at most the split."""
-    check_size(name, value, limit, f"{what}; at least one batch of {BATCH_SIZE}, since training drops a last "
-                                   "partial batch", least=BATCH_SIZE)
+    check_size(name, value, limit, f"{what}; at least one batch of {batch}, since training drops a last "
+                                   "partial batch", least=batch)
 
 
 @dataclass(frozen=True)
@@ -139,19 +145,22 @@ class Common(Params):
     dataset: str = param('"cifar10" or "fashion_mnist"', "cifar10")
     arch: str = param('architecture ("resnet18": the CIFAR ResNet-18 of the paper)', "resnet18")
     train_samples: int = param("training images per base model", 10000, 50000)
-    test_samples: int = param("test images for every error (all models of a run see the same ones)", 1000, 10000)
+    test_samples: int = param("test images for every error (all models of a run see the same ones)", 1000, 10000,
+                              fast=5000)
     # 64K steps of batch 128 on 50K images = 164 epochs (Appendix A.2).
-    epochs: float = param("base-model epochs of the paper's recipe", 4.0, 164.0)
+    # fast: 8 epochs of the one-cycle recipe (FAST_RECIPES) take a CIFAR ResNet-18 past 90%.
+    epochs: float = param("base-model epochs of the recipe", 4.0, 164.0, fast=6.0)
     seeds: list = param("seeds in (top, bottom) pairs: [t0, b0, t1, b1, ...]; an even number, at least 4; "
                         "three pairs or more decide verdicts", [0, 1, 2, 3], [0, 1, 2, 3, 4, 5])
     stitch_samples: int = param("training images the stitcher sees, drawn from its top's training images "
-                                "(a top trained on fewer gives all of its own)", 2000, 50000)
-    stitch_epochs: float = param("stitcher epochs (Adam, cosine schedule); 0: least-squares init only", 1.0, 10.0)
+                                "(a top trained on fewer gives all of its own)", 2000, 50000, fast=5000)
+    stitch_epochs: float = param("stitcher epochs (Adam, cosine schedule); 0: least-squares init only", 1.0, 10.0,
+                                 fast=1.0)
     # The paper's stitcher lr is 1e-3; the smoke stitcher gets 16 steps, hence a larger one.
     stitch_lr: float = param("stitcher learning rate (the paper's is 1e-3; the 16-step smoke stitcher needs a "
-                             "larger one)", 0.03, 0.001)
-    ls_samples: int = param("images for the stitcher's least-squares initialisation", 500, 10000)
-    cka_samples: int = param("test images for CKA (at most test_samples)", 500, 10000)
+                             "larger one; so does the fast profile's 78-step one)", 0.03, 0.001, fast=0.003)
+    ls_samples: int = param("images for the stitcher's least-squares initialisation", 500, 10000, fast=2500)
+    cka_samples: int = param("test images for CKA (at most test_samples)", 500, 10000, fast=2500)
     # The exact estimator needs every feature in memory: fine at 500 images, not at 10,000.
     cka_estimator: str = param('"exact" (biased linear CKA, Kornblith 2019) or "minibatch" (Nguyen 2021); the '
                                "minibatch estimator keeps memory flat at the paper's sizes", "exact", "minibatch")
@@ -160,10 +169,28 @@ class Common(Params):
     # and one thread per task lets an executor run as many tasks as there are cores.
     threads: int = param("CPU threads of each task (a CPU result depends on it; each Ray task reserves this many "
                          "CPUs)", 1)
+    # bf16 at fast: the GPU's fast path, and the claims are penalties of points, far above bf16's
+    # rounding. fp32 at smoke (a CPU without AMX is slower in bf16) and at paper (Appendix A's runs
+    # predate mixed precision; -p precision bf16 runs them about 4x faster, see the README).
+    precision: str = param('"fp32" or "bf16" (bfloat16 autocast of training, stitching and evaluation; CKA stays '
+                           "float64)", "fp32", "fp32", fast="bf16")
+    torch_compile: bool = param("train through torch.compile (falls back to eager with a warning where it cannot "
+                                "compile)", False)
+    recipes: str = param('training recipes: "appendix_a" (the paper\'s, Appendix A) or "short" (one-cycle, batch '
+                         "512, label smoothing: stitchlib.training.FAST_RECIPES, not the paper's)", "appendix_a",
+                         fast="short")
 
     @property
     def data_info(self) -> dict:
         return data_mod.DATASET_INFO[self.dataset]
+
+    def numerics(self) -> Numerics:
+        """How every task of the run does its arithmetic (part of every store key)."""
+        return Numerics(self.threads, self.precision, self.torch_compile)
+
+    def recipe(self, arch: str, epochs: float) -> Recipe:
+        """`arch`'s training recipe from this run's recipe set, `epochs` long."""
+        return dataclasses.replace(RECIPE_SETS[self.recipes][arch], epochs=float(epochs))
 
     def seed_pairs(self) -> list[tuple[int, int]]:
         """The independent (top, bottom) seed pairs: seeds[0:2], seeds[2:4], ..."""
@@ -184,7 +211,11 @@ class Common(Params):
                              f"{seeds!r}")
         validate_confidence(self.confidence)
         info = self.data_info
-        check_training_size("train_samples", self.train_samples, info["train"], f"the training split of {self.dataset}")
+        if self.recipes not in RECIPE_SETS:
+            raise ValueError(f"unknown recipes {self.recipes!r}; valid: {sorted(RECIPE_SETS)}")
+        check_precision(self.precision)
+        check_training_size("train_samples", self.train_samples, info["train"], f"the training split of {self.dataset}",
+                            self.batch_size)
         check_size("test_samples", self.test_samples, info["test"], f"the test split of {self.dataset}")
         # The stitcher trains on part of its top model's training images; CKA uses part of the test images.
         check_size("stitch_samples", self.stitch_samples, self.train_samples,
@@ -199,6 +230,12 @@ class Common(Params):
             raise ValueError(f"threads must be an int >= 1 (CPU threads per task), got {self.threads!r}")
         if self.cka_estimator not in ("exact", "minibatch"):
             raise ValueError(f"unknown cka_estimator {self.cka_estimator!r}; valid: ['exact', 'minibatch']")
+
+
+    @property
+    def batch_size(self) -> int:
+        """The base models' training batch (their recipe set's)."""
+        return RECIPE_SETS[self.recipes][self.arch].batch_size
 
 
 def check_width(name: str, value) -> None:
@@ -237,7 +274,8 @@ __all__ = ["Params", "Common", "param", "PROFILES", "BATCH_SIZE"]
 # ---------------------------------------------------------------- generated from the declarations
 
 # How and where a run computes, not what: these change no number (threads, which does, is a parameter).
-_FIXED = [("profile", "str", '"smoke": a 2-core CPU in minutes; "paper": Appendix A\'s scale, GPU-hours', "smoke"),
+_FIXED = [("profile", "str", '"smoke": a 2-core CPU in minutes; "fast": the paper\'s models on short schedules, '
+                              'minutes on one GPU; "paper": Appendix A\'s scale, GPU-hours', "smoke"),
           ("device", "str", '"auto" (CUDA when present, else CPU), "cpu", "cuda" or "cuda:N"', "auto"),
           ("executor", "str", '"auto" ($STITCHLIB_EXECUTOR, else "ray" when installed and there are 2 or more '
                               'task slots, else "serial"), "serial" or "ray"', "auto"),
@@ -249,8 +287,10 @@ RUN_OPTIONS = tuple(name for name, *_ in _FIXED)
 
 
 def _default_text(cls, name: str) -> str:
-    smoke, paper = cls.default(name, "smoke"), cls.default(name, "paper")
-    return f"None: {smoke!r}" if smoke == paper else f"None: smoke {smoke!r}, paper {paper!r}"
+    values = {profile: cls.default(name, profile) for profile in PROFILES}
+    if all(v == values["smoke"] for v in values.values()):
+        return f"None: {values['smoke']!r}"
+    return "None: " + ", ".join(f"{profile} {value!r}" for profile, value in values.items())
 
 
 def parameters_cell(cls) -> str:
@@ -272,9 +312,9 @@ def profile_yaml(cls, notebook: str, profile: str) -> str:
 
 def markdown_table(cls) -> str:
     """The README's table of an experiment's parameters."""
-    rows = ["| parameter | type | smoke | paper | what it is |", "|---|---|---|---|---|"]
+    rows = ["| parameter | type | " + " | ".join(PROFILES) + " | what it is |", "|---|---|" + "---|" * len(PROFILES) + "---|"]
     for n in cls.names():
-        cells = [f"`{n}`", cls.type_name(n), f"`{cls.default(n, 'smoke')!r}`", f"`{cls.default(n, 'paper')!r}`",
+        cells = [f"`{n}`", cls.type_name(n), *(f"`{cls.default(n, profile)!r}`" for profile in PROFILES),
                  cls.help(n).replace("|", "\\|")]
         rows.append("| " + " | ".join(cells) + " |")
     return "\n".join(rows)

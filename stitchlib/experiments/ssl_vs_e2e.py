@@ -23,7 +23,7 @@ from .. import claims as C
 from .. import data as data_mod
 from .. import plotting
 from ..pretrained import IMAGENET_WEIGHTS, WeightsNotFoundError, load_imagenet_folder, load_resnet50
-from ..training import RECIPES, misclassified, percent
+from ..training import misclassified, percent
 from .compute import cka_all_cuts, stitch_all_cuts
 from .core import (Experiment, Plan, Setup, Splits, compare, derived_seed, finish, machine, models_frame,
                    pair_columns, register, row_of, run_plan, stitch_settings)
@@ -36,8 +36,8 @@ class SslParams(Common):
     EXPERIMENT = "ssl_vs_e2e"
     width: float = param("width multiplier of every model (first layer 64 x width)", 0.125, 1.0)
     simclr_epochs: float = param("SimCLR epochs of the SSS model (SGD, lr 0.06 x batch/256, cosine, batch 256)",
-                                 5.0, 500.0)
-    probe_epochs: float = param("epochs of its linear classifier on the frozen features", 4.0, 100.0)
+                                 5.0, 500.0, fast=5.0)
+    probe_epochs: float = param("epochs of its linear classifier on the frozen features", 4.0, 100.0, fast=2.0)
     imagenet_dir: str = param('the ImageNet validation folder (<dir>/<class>/<image>); "": skip the ImageNet panel',
                               "")
     imagenet_weights: list = param("self-supervised ResNet-50s stitched into the supervised one",
@@ -71,7 +71,7 @@ class SslParams(Common):
 
 def plan(p: SslParams, profile: str, uses: dict) -> Plan:
     splits = Splits.of(p)
-    recipe = dataclasses.replace(RECIPES[p.arch], epochs=float(p.epochs))
+    recipe = p.recipe(p.arch, p.epochs)
     comparisons = []
     for i, (top_seed, seed) in enumerate(p.seed_pairs()):
         sss_seed = derived_seed(seed, "sss")
@@ -135,9 +135,9 @@ def imagenet_panel(s: Setup, notes: list) -> pd.DataFrame | None:
         bottom = nets[name][0].to(s.device)
         stitched = stitch_all_cuts(s.store, data, s.device, bottom, recs[name], top, recs["supervised"],
                                    train_split=data.train, test_split=data.test, label=f"{name} into supervised",
-                                   threads=p.threads, **settings)
+                                   numerics=p.numerics(), **settings)
         cka = cka_all_cuts(s.store, data, s.device, top, recs["supervised"], bottom, recs[name], data.test,
-                           p.cka_estimator, threads=p.threads)
+                           p.cka_estimator, numerics=p.numerics())
         # One pretrained network of each kind: no seed pairs, hence no interval (pair_index 0).
         columns = dict(panel="ImageNet", pair=f"{name} bottom into supervised top", direction=f"{name} into E2E",
                        **pair_columns(0, -1, -1), **machine("imagenet", "supervised", name))

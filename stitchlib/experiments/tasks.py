@@ -270,6 +270,14 @@ class CKA(Task):
 
 
 @dataclass(frozen=True)
+class CKAMatrix(CKA):
+    """Linear CKA between every cut of `a` and every cut of `b`, on `images`: the layer-by-layer
+    heatmap (Kornblith et al. 2019), whose diagonal is `CKA`'s per-cut numbers."""
+
+    kind = "cka_matrix"
+
+
+@dataclass(frozen=True)
 class PretrainedStitch(Task):
     """A pretrained ResNet-50 bottom stitched into the supervised one on ImageNet images (Fig. 2B):
     its key needs the weights' and images' digests, known only when they are read."""
@@ -298,4 +306,4 @@ def _stitch_cost(settings: dict, n_cuts: int, flops: float, train: int, test: in
 
 
 __all__ = ["SplitRef", "Task", "RandomModel", "TrainedModel", "Checkpoint", "FrozenPrefix", "Stitch", "CKA",
-           "PretrainedStitch", "architecture_info"]
+           "CKAMatrix", "PretrainedStitch", "architecture_info"]
