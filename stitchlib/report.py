@@ -85,10 +85,13 @@ def render_readme(readme: Path, results_dir: Path) -> str:
         serial = results_dir / "timings_serial.csv"  # the same suite on the serial executor, beside it
         if serial.exists():
             s = pd.read_csv(serial)
+            # Another run, perhaps of another session (machines here differ up to 2x between
+            # sessions): no ratio against this one; the side-by-side ratio is in its bench file.
             parts[-1] += (f" The serial executor (the same one thread per task, so the same numbers) took "
-                          f"{s['seconds'].sum():.0f} s ({s['seconds'].sum() / 60:.1f} min) on the same machine in the "
-                          f"same session (`bench/executor_speed.py`): the {first['executor']} executor is "
-                          f"{s['seconds'].sum() / t['seconds'].sum():.2f}x faster.")
+                          f"{s['seconds'].sum():.0f} s ({s['seconds'].sum() / 60:.1f} min) on {s.iloc[0]['cpu']} "
+                          f"({s.iloc[0]['cores']} cores) in `bench/executor_speed.py`'s side-by-side run of "
+                          f"{s.iloc[0]['date']}, whose file under `bench/results/` has both executors' times and "
+                          "their ratio.")
     from .experiments import EXPERIMENTS  # the registry: every notebook, in order
 
     total = []

@@ -171,7 +171,7 @@ class Common(Params):
                          "CPUs)", 1)
     # bf16 at fast: the GPU's fast path, and the claims are penalties of points, far above bf16's
     # rounding. fp32 at smoke (a CPU without AMX is slower in bf16) and at paper (Appendix A's runs
-    # predate mixed precision; -p precision bf16 runs them about 4x faster, see the README).
+    # predate mixed precision; -p precision bf16 runs them on the fast path, see the README).
     precision: str = param('"fp32" or "bf16" (bfloat16 autocast of training, stitching and evaluation; CKA stays '
                            "float64)", "fp32", "fp32", fast="bf16")
     torch_compile: bool = param("train through torch.compile (falls back to eager with a warning where it cannot "
