@@ -1,6 +1,8 @@
 # `make figures` and `make test` set everything up themselves (a .venv next to this file).
-# PROFILE=smoke (default, a 2-core CPU in minutes) or PROFILE=paper (Appendix A's scale, one GPU).
-# EXECUTOR=auto (default: Ray when there are 2 or more task slots, else serial), serial or ray;
+# PROFILE=smoke (default, a 2-core CPU in minutes), PROFILE=fast (the paper's models on short schedules,
+# minutes on one GPU) or PROFILE=paper (Appendix A's scale, GPU-hours).
+# EXECUTOR=auto (default: with 2 or more task slots Ray, or local worker processes without Ray; else
+# serial), serial, ray or local;
 # RAY_ADDRESS= joins a running cluster ("auto" or ray://host:port) instead of starting Ray.
 PROFILE ?= smoke
 EXECUTOR ?= auto

@@ -161,7 +161,7 @@ def connectivity_figures(results, t: pd.DataFrame, caption: str) -> dict:
                                            _titled("Stitching connectivity (Fig. 2A)", caption),
                                            reference=_paper("close", "paper: up to"), **line),
                "fig5_cka": _grid(panels, ["cka"], _titled("CKA at the same cuts (Fig. 5)", caption), **line)}
-    if results.cka_matrix is not None:
+    if getattr(results, "cka_matrix", None) is not None:  # results made elsewhere may lack it
         figures["cka_layers"] = cka_heatmap(results.cka_matrix, caption)
     return figures
 

@@ -44,19 +44,19 @@ def test_serial_ray_and_local_give_identical_tables(tmp_path):
     assert serial.executor.name == "serial" and ray_run.executor.name == "ray"
     a = stitchlib.connectivity(serial).table
     computed = ray_run.compute(ray_run.plan.tasks(), "ray")
-    assert computed == 24  # 8 trained models, 8 stitches, 8 CKAs: each once, the random nets built in place
+    assert computed == 25  # 8 trained models, 8 stitches, 8 CKAs, 1 CKA matrix: each once, the random nets in place
     b = stitchlib.connectivity(ray_run).table
     assert_tables_equal(a, b)
     assert a["error"].notna().all() and len(a) == 2 * (2 * 10 + 2 * 5)
     # Local worker processes (no Ray): the same again.
     local = _setup(tmp_path, "local", "local")
-    assert local.executor.name == "local" and local.compute(local.plan.tasks(), "local") == 24
+    assert local.executor.name == "local" and local.compute(local.plan.tasks(), "local") == 25
     assert_tables_equal(a, stitchlib.connectivity(local).table)
     # The stores hold the same artifacts under the same keys.
     names = {p.parent.name + "/" + p.name for p in (tmp_path / "serial" / "store").glob("*/*.pt")}
     for other in ("ray", "local"):
         assert names == {p.parent.name + "/" + p.name for p in (tmp_path / other / "store").glob("*/*.pt")}
-    assert len(names) == 24
+    assert len(names) == 25
 
 
 def test_a_result_is_keyed_by_its_numerics():
@@ -250,7 +250,7 @@ def test_two_notebooks_started_at_once_train_nothing_twice(tmp_path):
     outputs = [p.communicate(timeout=600)[0].split()[-1] for p in procs]
     assert [p.returncode for p in procs] == [0, 0]
     saved = (tmp_path / "saved").read_text().split()
-    assert len(saved) == len(set(saved)) == 12  # 4 models, 4 stitches, 4 CKAs: once each
+    assert len(saved) == len(set(saved)) == 13  # 4 models, 4 stitches, 4 CKAs, 1 CKA matrix: once each
     assert outputs[0] == outputs[1]
 
 
@@ -270,11 +270,11 @@ def test_a_run_killed_mid_task_leaves_no_half_written_artifact_and_a_rerun_finis
     for pt in store.glob("*/*.pt"):
         assert pt.with_suffix(".json").exists(), pt  # no artifact without its sidecar
     first = {p.name for p in store.glob("*/*.pt")}
-    assert 2 <= len(first) < 12
+    assert 2 <= len(first) < 13
     done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     assert "01_connectivity" in done.stdout and "verdict" in done.stdout
-    assert first < {p.name for p in store.glob("*/*.pt")} and len(list(store.glob("*/*.pt"))) == 12
+    assert first < {p.name for p in store.glob("*/*.pt")} and len(list(store.glob("*/*.pt"))) == 13
 
 
 @pytest.mark.parametrize("argv, message", [

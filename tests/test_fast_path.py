@@ -207,3 +207,22 @@ def test_the_fast_profile_runs_end_to_end_on_a_cpu_at_a_tiny_size(tmp_path):
     assert configs and all(c["precision"] == "bf16" for c in configs)
     assert {c["recipe"]["schedule"] for c in configs if "recipe" in c} == {"onecycle"}
     assert {c["arch"] for c in configs} == {"resnet18", "preact_resnet", "myrtle", "vit"}
+
+
+def test_estimates_take_the_newest_h200_measurement_of_the_fast_path(tmp_path, monkeypatch):
+    from stitchlib.experiments import core
+
+    monkeypatch.setattr(core, "REPO_ROOT", tmp_path)
+    assert core.fast_path_speedup() == (4.0, "the target of issue 13, not yet measured")
+
+    def report(path, ratio, **kw):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"device": "NVIDIA H200", "tiny": False, **kw,
+                                    "resnet18_w1": {"ratio_best_over_fp32": ratio}}))
+
+    report(tmp_path / "bench" / "results" / "gpu_throughput_2026-12-03.json", 4.6)
+    report(tmp_path / "results" / "fast-h200-2026-12-05" / "gpu_throughput.json", 5.2)
+    report(tmp_path / "results" / "fast-h200-2026-12-07" / "gpu_throughput.json", 9.9, tiny=True)  # a CPU check
+    assert core.fast_path_speedup() == (5.2, "measured in results/fast-h200-2026-12-05/gpu_throughput.json")
+    plan = make_plan("connectivity", "fast")
+    assert plan.wall_hours(1, speedup=5.2) == pytest.approx(plan.wall_hours(1) / 5.2)

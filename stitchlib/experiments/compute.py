@@ -127,7 +127,6 @@ class Runner:
     def __init__(self, dataset: data_mod.Dataset, store: Store, device: torch.device,
                  numerics: Numerics = Numerics()):
         self.dataset, self.store, self.device, self.numerics = dataset, store, device, numerics
-        self.threads = numerics.threads
         self.keys = KeyContext(store, dataset.identity, device.type, dataset.train.images.shape[1], numerics)
         self._splits: dict = {}
         self._models: dict = {}
@@ -247,7 +246,7 @@ class Runner:
                     record["checkpoints"] = {repr(float(e)): saved[e] for e in epochs}
             return record
 
-        stored = self.store.cached("model", config, threaded(self.threads, compute))
+        stored = self.store.cached("model", config, threaded(self.numerics.threads, compute))
         model = self._build(task)
         model.load_state_dict(stored["state_dict"])
         model.to(device).eval()

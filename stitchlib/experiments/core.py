@@ -50,9 +50,14 @@ def fast_path_speedup() -> tuple[float, str]:
     """(the fast path's speed-up over the fp32 reference, where the number comes from): the newest
     H200 measurement of bench/gpu_throughput.py under bench/results/ or results/, else the target."""
     import json
+    import re
+
+    def day(path):  # the date in the file's or its folder's name (a checkout's file times are its own)
+        found = re.search(r"\d{4}-\d{2}-\d{2}", str(path.relative_to(REPO_ROOT)))
+        return found.group(0) if found else ""
 
     found = sorted(list((REPO_ROOT / "bench" / "results").glob("gpu_throughput*.json"))
-                   + list((REPO_ROOT / "results").glob("fast-*/gpu_throughput.json")), key=lambda p: p.stat().st_mtime)
+                   + list((REPO_ROOT / "results").glob("fast-*/gpu_throughput.json")), key=day)
     for path in reversed(found):
         report = json.loads(path.read_text())
         if not report.get("tiny") and REFERENCE_GPU.split()[-1] in report.get("device", ""):

@@ -403,7 +403,8 @@ def _schedule(todo, after, shape, slots, start, wait, desc: str, where: str) -> 
     try:
         while ready or running:
             ready.sort(key=lambda j: priority[j])
-            while ready and len(running) < slots():
+            limit = slots()
+            while ready and len(running) < limit:
                 job = ready.pop()
                 running[start(job)] = job
             progress.update([], list(running.values()))
@@ -421,15 +422,10 @@ def _schedule(todo, after, shape, slots, start, wait, desc: str, where: str) -> 
         progress.close()
 
 
-_GPU: list = []
-
-
 def _bind_gpu(gpus) -> None:
     """A local worker's start: take the next GPU of the round (each worker keeps one)."""
     if gpus is not None:
-        index = gpus.get()
-        torch.cuda.set_device(index)
-        _GPU.append(index)
+        torch.cuda.set_device(gpus.get())
 
 
 class LocalExecutor(Executor):
@@ -536,5 +532,5 @@ def make_executor(name: str | Executor = "auto", *, ray_address: str = "", gpu_f
     return RayExecutor(ray_address, float(gpu_fraction))
 
 
-__all__ = ["EXECUTORS", "Executor", "SerialExecutor", "RayExecutor", "LocalExecutor", "Where", "make_executor", "run_task", "jobs",
-           "check_address"]
+__all__ = ["EXECUTORS", "Executor", "SerialExecutor", "RayExecutor", "LocalExecutor", "Where", "make_executor",
+           "run_task", "jobs", "check_address"]
