@@ -6,8 +6,10 @@
 - `python -m stitchlib run <notebook|all> [--profile P] [-p/-y/-f ...] [--executor serial|ray|local|auto]
   [--ray-address ADDR] [--gpu-fraction F] [--no-plots]`: compute the notebooks' plans without
   papermill or Jupyter, all of their tasks on one executor at once, then each notebook's tables,
-  claims (printed, and written as CSV) and figures into the figures folder, with run.json (the
-  hardware, versions, each step's seconds, every verdict). The notebooks afterwards only load.
+  claims (printed, and written as CSV) and figures into the figures folder, each with its record
+  beside it (<name>.record.json: `stitchlib.record`), and run.json (the same fields for the whole
+  run: hardware, versions, git commit, code version, data sha256, parameters and seeds; each step's
+  seconds, every verdict). The notebooks afterwards only load.
   Exit 2 on bad input, 1 if it failed.
 - `python -m stitchlib readme`: rewrite the README's results block from the committed result
   tables (results/<profile>/), after `python -m stitchlib collect` copied them from a run's
@@ -18,8 +20,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -27,7 +27,8 @@ from pathlib import Path
 from .report import render_readme
 
 ROOT = Path(__file__).resolve().parent.parent
-# What a results folder keeps of a run: the claims, their per-cut summaries, the base models, the timings.
+# What a results folder keeps of a run: the claims, their per-cut summaries, the base models, the timings,
+# and the record of each (`stitchlib.record`: <name>.record.json beside <name>.csv).
 KEPT = ("*_claims.csv", "*_summary.csv", "*_models.csv", "timings.csv", "run.json")
 
 
@@ -75,14 +76,17 @@ def main(argv=None) -> int:
     results = ROOT / "results" / args.profile
     if args.command == "collect":
         source = args.figures or ROOT / "figures" / args.profile
+        from .record import record_path
+
         files = sorted(f for pattern in KEPT for f in source.glob(pattern))
+        files += [record_path(f) for f in files if f.suffix == ".csv" and record_path(f).is_file()]
         if not files:
             print(f"no result tables ({', '.join(KEPT)}) in {source}: run the notebooks first", file=sys.stderr)
             return 2
         results.mkdir(parents=True, exist_ok=True)
         for f in files:
             shutil.copyfile(f, results / f.name)
-        print(f"copied {len(files)} tables to {results}")
+        print(f"copied {len(files)} tables and records to {results}")
         return 0
     text = render_readme(args.readme, results)
     if args.check:
@@ -207,25 +211,21 @@ def _run(args) -> int:
 
 
 class _RunRecord:
-    """run.json: what ran where, each step's seconds and every claim's verdict."""
+    """run.json: what ran where (the fields of every table's record, `stitchlib.record`, with the
+    parameters and seeds of each notebook), each step's seconds and every claim's verdict."""
 
     def __init__(self, setups, executor: str, startup: float):
-        import datetime
-        import platform
+        from . import record
 
-        import torch
-
-        from .training import device_name
-
-        device = setups[0].device
+        first = record.run_fields(setups[0])
+        per_notebook = {s.experiment: record.run_fields(s) for s in setups}
         self.data = dict(
-            started=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            profile=setups[0].profile, notebooks=[s.experiment for s in setups], executor=executor,
-            device=str(device), device_name=device_name(device),
-            gpus=torch.cuda.device_count(), cpus=os.cpu_count(), python=platform.python_version(),
-            torch=torch.__version__, cuda=torch.version.cuda, stitchlib=__import__("stitchlib").__version__,
-            numerics=dataclasses.asdict(setups[0].p.numerics()),
-            params={s.experiment: s.params for s in setups}, seconds={"start-up": round(startup, 1)}, claims={})
+            record.environment(), **{k: first[k] for k in ("profile", "numerics", "device", "device_name", "dataset",
+                                                           "store", "figures")},
+            started=min(s.started for s in setups), notebooks=[s.experiment for s in setups], executor=executor,
+            params={name: f["params"] for name, f in per_notebook.items()},
+            seeds={name: f["seed_pairs"] for name, f in per_notebook.items()}, record_format=record.RECORD_FORMAT,
+            seconds={"start-up": round(startup, 1)}, claims={})
 
     @contextlib.contextmanager
     def step(self, name: str):
@@ -240,12 +240,11 @@ class _RunRecord:
                                                 "verdict"]].to_dict("records")
 
     def write(self, path: Path, total: float) -> None:
-        import json
-
-        from .store import _atomic_write_bytes
+        from . import record
 
         self.data["seconds"]["total"] = round(total, 1)
-        _atomic_write_bytes(path, json.dumps(self.data, indent=1, default=str).encode())
+        self.data["written"] = record.now()
+        record.write(path, self.data, sort_keys=False)  # the steps in the order they ran
 
 
 if __name__ == "__main__":

@@ -103,9 +103,11 @@ class _Judge:
         # One set of bootstrap draws per test-set size, shared by every statistic of the run.
         self.weights = bootstrap_weights
 
-    def claim(self, text: str, model: str, per_pair: dict, comparator: str, key: str, note: str = "") -> None:
+    def claim(self, text: str, model: str, per_pair: dict, comparator: str, key: str, note: str = "",
+              fixed_networks: bool = False) -> None:
         """A claim about one statistic. `model` names what it is about and must not depend on the
-        numbers (nbval compares it on every machine); `note` (in `worst_cut`) may."""
+        numbers (nbval compares it on every machine); `note` (in `worst_cut`) may. `fixed_networks`:
+        about one network of each kind, decided on its test-set interval (`statistics.verdict`)."""
         threshold = paper_value(key)
         if not per_pair:
             iv, pairs = None, 0
@@ -114,7 +116,8 @@ class _Judge:
         self.rows.append(dict(claim=text, model=model, statistic=iv.mean if iv else math.nan,
                               low=iv.low if iv else math.nan, high=iv.high if iv else math.nan,
                               threshold=f"{comparator} {threshold:g}", paper=paper_note(key),
-                              verdict=verdict(iv, comparator, threshold) if iv else "inconclusive", pairs=pairs,
+                              verdict=verdict(iv, comparator, threshold, fixed_networks=fixed_networks) if iv
+                              else "inconclusive", pairs=pairs,
                               worst_cut=note))
 
     def every_cut(self, text: str, model: str, frame: pd.DataFrame, comparator: str, key: str,
@@ -186,10 +189,19 @@ def ssl_claims(j: _Judge, results: Results) -> None:
     cka = difference(mean_over_cuts(between("e2e", "e2e"), "cka"), mean_over_cuts(between("e2e", "sss"), "cka"))
     j.claim("(b) yet CKA calls them less similar: mean CKA over the cuts of the seed pair minus SSS-E2E's", "CKA", cka,
             ">", "cka_ssl")
-    for pair, f in t[t["panel_id"] == "imagenet"].groupby("pair", sort=False):
+    imagenet = t[t["panel_id"] == "imagenet"]
+    for pair, f in imagenet[imagenet["bottom_role"] != "random"].groupby("pair", sort=False):
         j.every_cut("(c) ImageNet: a self-supervised ResNet-50 stitches into the supervised one: penalty at every "
                     "cut (points; one network each, test-set interval only)", pair, f, "<=", "ssl_imagenet",
                     fixed_networks=True)
+
+
+    # Fig. 2B's random control: the paper's claim (b) of 01, for the untrained ResNet-50.
+    random = imagenet[imagenet["bottom_role"] == "random"]
+    if not random.empty:
+        j.claim("(d) ImageNet: a random ResNet-50 is not stitching-connected: its mean penalty over the later half of "
+                "the cuts (points; one network, test-set interval only)", random["pair"].iloc[0],
+                mean_over_cuts(later_half(random)), ">", "random_late", fixed_networks=True)
 
 
 def label_noise_claims(j: _Judge, results: Results) -> None:
@@ -240,17 +252,22 @@ def more_is_better_claims(j: _Judge, results: Results) -> None:
             f"epoch {first:g} into epoch {p['top_epoch']:g}",
             difference(mean_over_cuts(later_half(early)), mean_over_cuts(first_half(early))), ">", "training_time")
     c = results.curves
-    final = c.sort_values("epoch").groupby(["run", "pair_index"], sort=False).last().reset_index()
-    frozen = final[final["frozen_stages"] > 0]
-    stat = {}
-    for _, row in frozen.iterrows():
-        normal = final[(final["frozen_stages"] == 0) & (final["pair_index"] == row["pair_index"])].iloc[0]
-        stat[row["pair_index"]] = (row["test_error"] - normal["test_error"],
-                                   np.asarray(row["_wrong"], np.float32) - np.asarray(normal["_wrong"], np.float32))
-    # With no stage near zero the prediction could not be tested: no statistic, "inconclusive". Which
-    # stages qualify depends on the numbers, so it goes to the note, not to the model's name.
-    j.claim("(d) freeze training ends near normal training: final test error minus normal training's (points)",
-            "freeze training", stat, "<=", "freeze", note="" if stat else "no stage qualified")
+    final = c.sort_values("epoch").groupby(["freeze", "pair_index"], sort=False).last().reset_index()
+    # The bottom prefix alone (our first reading), then prefix and top layers (Appendix B.4's run).
+    for kind, model in (("prefix", "freeze training: bottom prefix"),
+                        ("prefix_and_top", "freeze training: bottom prefix and top layers")):
+        stat, runs = {}, final[final["freeze"] == kind]
+        for _, row in runs.iterrows():
+            normal = final[(final["freeze"] == "normal") & (final["pair_index"] == row["pair_index"])].iloc[0]
+            stat[row["pair_index"]] = (row["test_error"] - normal["test_error"],
+                                       np.asarray(row["_wrong"], np.float32) - np.asarray(normal["_wrong"],
+                                                                                          np.float32))
+        # With no stage near zero the prediction could not be tested: no statistic, "inconclusive".
+        # Which stages qualify depends on the numbers, so it goes to the note, not to the model's name.
+        note = ("no stage qualified" if not stat else
+                "no bottom stage qualified: top layers only" if (runs["frozen_stages"] == 0).all() else "")
+        j.claim("(d) freeze training ends near normal training: final test error minus normal training's (points)",
+                model, stat, "<=", "freeze", note=note)
 
 
 def ablation_claims(j: _Judge, results: Results) -> None:
@@ -267,14 +284,42 @@ def ablation_claims(j: _Judge, results: Results) -> None:
             difference(mean_over_cuts(ft[ft["comparison"] == "stitch"]),
                        mean_over_cuts(ft[ft["comparison"] == "finetune"])),
             ">", "finetune")
+    # Section 3's two arguments: each changed representation against the same pair unchanged, over
+    # the cuts where the change was made (a pooled vector has no positions to permute).
+    for panel_id, letter in (("useless_coordinates", "c"), ("permuted_positions", "d")):
+        f = t[t["panel_id"] == panel_id]
+        if f.empty:
+            continue
+        changed = f[(f["bottom_role"] == "transformed") & f["penalty"].notna()]
+        same = f[(f["bottom_role"] == "trained") & f["cut_index"].isin(changed["cut_index"])]
+        model = changed["pair"].iloc[0] if len(changed) else panel_id
+        cka = difference(mean_over_cuts(changed, "cka"), mean_over_cuts(same, "cka"))
+        penalty = difference(mean_over_cuts(changed), mean_over_cuts(same))
+        if panel_id == "useless_coordinates":
+            j.claim(f"({letter}) useless coordinates lower CKA: mean CKA over the cuts with them minus without", model,
+                    cka, "<", "useless_cka")
+            j.claim(f"({letter}) but stitching throws them away: mean penalty over the cuts with them minus without "
+                    "(points)", model, penalty, "<=", "useless_stitch")
+        else:
+            j.claim(f"({letter}) permuting positions leaves CKA unchanged: mean CKA over the feature-map cuts, "
+                    "permuted minus not", model, cka, "within", "permuted_cka")
+            j.claim(f"({letter}) but stitching pays for it: mean penalty over the feature-map cuts, permuted minus not "
+                    "(points)", model, penalty, ">", "permuted_stitch")
+    # The random control under both BatchNorm modes: is it still not stitching-connected?
+    for label, f in t[t["panel_id"] == "random_bn"].groupby("pair", sort=False):
+        j.claim("(e) a random bottom is not stitching-connected, whichever BatchNorm statistics it runs on: its mean "
+                "penalty over the later half of the cuts (points)", label, mean_over_cuts(later_half(f)), ">",
+                "random_late")
 
 
 def check_claims(results: Results, *, write: bool = True) -> pd.DataFrame:
     """The paper's claims for `results`, one row each: claim, model, statistic (mean over the seed
     pairs) with its interval (low, high), threshold, the paper's number and where it comes from,
     verdict ("holds", "fails", "inconclusive") and the number of seed pairs. The confidence level
-    is the run's `confidence` parameter. With `write`, the table and the per-cut summary
-    (`summary_table`) go to the run's figures folder as <notebook>_claims.csv and _summary.csv.
+    is the run's `confidence` parameter. With `write`, the table, the per-cut summary
+    (`summary_table`) and the base models go to the run's figures folder as <notebook>_claims.csv,
+    _summary.csv and _models.csv (with the run's profile as first column, each with its record:
+    `stitchlib.record`).
 
     connectivity: (a) for every panel and width; (b) and (c), about the random control, for
     ResNet-18, where the paper makes them. label_noise: (a) for each weak bottom but the
@@ -282,18 +327,21 @@ def check_claims(results: Results, *, write: bool = True) -> pd.DataFrame:
     training time help; (b) less width does not; (c) early layers converge first; (d) freeze
     training. ssl_vs_e2e: (a) the paper's statistic for both directions and (a') the adapted one,
     (b) CKA; (c) each ImageNet pair, when that panel ran. ablations: (a) each kernel size,
-    (b) fine-tuning vs stitching.
+    (b) fine-tuning vs stitching, (c) useless coordinates and (d) permuted positions (Section 3), (e) the
+    random control under both BatchNorm modes. ssl_vs_e2e's (d) and more_is_better's second (d): the
+    ImageNet random control, and freeze training with the top layers frozen too (Appendix B.4).
     """
     j = _Judge(results.setup.params["confidence"])
     results.experiment.claims(j, results)
     claims = pd.DataFrame(j.rows, columns=CLAIM_COLUMNS)
     if write:
-        prefix = results.experiment.notebook
-        write_csv(claims, results.setup.figures / f"{prefix}_claims.csv")
-        write_csv(summary_table(results), results.setup.figures / f"{prefix}_summary.csv")
-        write_csv(results.models, results.setup.figures / f"{prefix}_models.csv")
+        # Each CSV carries the run's profile (first column) and has its record beside it.
+        prefix, s = results.experiment.notebook, results.setup
+        write_csv(claims, s.figures / f"{prefix}_claims.csv", record=s)
+        write_csv(summary_table(results), s.figures / f"{prefix}_summary.csv", record=s)
+        write_csv(results.models, s.figures / f"{prefix}_models.csv", record=s)
         if results.sources:
-            write_csv(table1(results), results.setup.figures / "table1.csv")
+            write_csv(table1(results), s.figures / "table1.csv", record=s)
     return claims
 
 
@@ -390,7 +438,10 @@ def summarize(results: Results, claims: pd.DataFrame) -> None:
             for value in ("penalty", "cka"):
                 if f[value].isna().all():
                     continue
-                pivot = f.pivot_table(index=["cut_index", "cut"], columns=columns, values=value, sort=False)
+                # Lines told apart by their value too (05's stitcher convergence: one pair, several
+                # step counts) must not be averaged over it.
+                keys = columns + ["value"] if "value" in f and f.duplicated(["cut_index", *columns]).any() else columns
+                pivot = f.pivot_table(index=["cut_index", "cut"], columns=keys, values=value, sort=False)
                 what = ("stitching penalty after training (points)" if value == "penalty"
                         else "linear CKA(top, bottom)")
                 print(f"\n{name}: {what}, mean over seed pairs:")

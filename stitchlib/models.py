@@ -183,24 +183,34 @@ class Scale(nn.Module):
 
 
 class MyrtleCNN(SpineModel):
-    """The Myrtle CNN as the paper describes it (after Page, 2018): four Conv3x3-BatchNorm-ReLU-
-    MaxPool layers of 64, 128, 256, 512 x `width` channels, global max pooling, and a fully
+    """The Myrtle CNN (Page, 2018): four Conv3x3-BatchNorm-ReLU layers of 64, 128, 256, 512 x
+    `width` channels, each followed by 2 x 2 max pooling, global max pooling, and a fully
     connected output layer scaled by 0.125 as in Page's network.
+
+    Two readings exist. `pool_first=True` (the default) is the paper's text (Appendix A: "four
+    Conv-BatchNorm-ReLU-MaxPool layers"): every layer pools, 32 -> 16 -> 8 -> 4 -> 2. Page's own
+    network does not pool after its first ("prep") layer: `pool_first=False` gives that one,
+    32 -> 32 -> 16 -> 8 -> 4, at four times the first layers' cost.
 
     Cut points: after each of the four layers and after pooling.
     """
 
-    def __init__(self, width: float = 1.0, num_classes: int = 10, in_channels: int = 3):
+    def __init__(self, width: float = 1.0, num_classes: int = 10, in_channels: int = 3, pool_first: bool = True):
         super().__init__()
         _check_positive("width", width)
+        if not isinstance(pool_first, bool):
+            raise ValueError(f"pool_first must be True (the paper's text: every layer pools) or False (Page's "
+                             f"network: the first layer does not), got {pool_first!r}")
         stages: dict[str, nn.Module] = {}
         cuts = []
-        c_in = in_channels
+        c_in, reduction = in_channels, 1
         for i, mult in enumerate([1, 2, 4, 8], start=1):
             c_out = max(1, round(64 * width)) * mult
+            pool = i > 1 or pool_first
+            reduction *= 2 if pool else 1
             stages[f"layer{i}"] = nn.Sequential(nn.Conv2d(c_in, c_out, 3, 1, 1, bias=False), nn.BatchNorm2d(c_out),
-                                                nn.ReLU(), nn.MaxPool2d(2))
-            cuts.append((f"layer{i}", c_out, 2 ** i, "map"))
+                                                nn.ReLU(), *([nn.MaxPool2d(2)] if pool else []))
+            cuts.append((f"layer{i}", c_out, reduction, "map"))
             c_in = c_out
         stages["pool"] = nn.Sequential(nn.AdaptiveMaxPool2d(1), nn.Flatten(1))
         cuts.append(("pool", c_in, None, "vector"))

@@ -59,6 +59,21 @@ REFERENCE: dict[str, tuple] = {
                         "samples. The CKA can go as low as 0."),
     "freeze_main": (2.0, "points", "Section 6",
                     "... to obtain a network within 2% accuracy of the original network."),
+    "useless_cka": (0.0, "CKA", "Section 3 (Ignoring spurious features)",
+                    "suppose we augment a representation by concatenating 1000 'useless' coordinates, with random "
+                    "gaussian features [...]. This would reduce the CKA, but [it] is not different from [the "
+                    "representation] in a meaningful way."),
+    "useless_stitch": (3.0, "points", "Section 3 (Ignoring spurious features); Table 1's 'close' bound",
+                       "Model-stitching resolves this, since we can stitch [the augmented representation] in place "
+                       "of [the original] by simply throwing away the useless coordinates."),
+    # "Does not affect": zero, up to the rounding of float64 sums in a different order.
+    "permuted_cka": (1e-6, "CKA", "Section 3 (Invariance); 0 up to float64 rounding",
+                     "randomly permuting the order of pixels (either at the input or in the latents) is an "
+                     "orthogonal transform, and thus does not affect the CKA."),
+    "permuted_stitch": (0.0, "points", "Section 3 (Invariance)",
+                        "our choice of using a 1x1 convolutional stitcher yields much weaker invariance than general "
+                        "orthogonal transforms- and thus, model stitching can predict that shuffling pixels leads "
+                        "to a 'worse' representation."),
 }
 
 

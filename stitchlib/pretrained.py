@@ -170,6 +170,21 @@ def load_resnet50(weights: str | os.PathLike, *, layout: str | None = None, down
     return model.eval(), {"path": str(path), "layout": layout, "sha256": digest, "has_classifier": "fc.weight" in state}
 
 
+def random_resnet50(seed: int) -> tuple[torchvision.models.ResNet, dict]:
+    """The random control of Fig. 2B: a freshly built, untrained torchvision ResNet-50 (eval mode)
+    whose weights depend on `seed` alone (every random state, CUDA's included, is left as it was).
+    Returns (model, info) as `load_resnet50` does; info's sha256 is the weights' digest, so that a
+    change in torchvision's initialisation never reuses results of other weights."""
+    with torch.random.fork_rng(devices=range(torch.cuda.device_count())):
+        torch.manual_seed(seed)
+        model = torchvision.models.resnet50().eval()
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return model, {"path": None, "layout": "torchvision", "sha256": digest.hexdigest(), "has_classifier": True}
+
+
 def load_imagenet_folder(root: str | os.PathLike, samples: int, *, seed: int = 0, size: int = 224) -> Dataset:
     """`samples` ImageNet validation images from an image folder (root/<class>/<image>), resized to
     256 on the short side and centre-cropped to `size`, split in two halves: "train" (for the

@@ -21,10 +21,89 @@ from .models import CutPoint, resolve_cut, spine, split
 from .training import as_nhwc, channels_last, cross_entropy_step, error_rate, percent, resolve_device, run_steps
 from .precision import autocast, check_precision
 
-__all__ = ["Stitcher", "TokenBatchNorm", "StitchedModel", "StitchResult", "stitch", "BN_POLICIES", "INITS"]
+__all__ = ["Stitcher", "TokenBatchNorm", "StitchedModel", "StitchResult", "stitch", "BN_POLICIES", "INITS",
+           "TRANSFORMS", "Transform", "make_transform"]
 
 BN_POLICIES = ("frozen", "drift")
 INITS = ("least_squares", "random")
+# Section 3's two changes of a representation that CKA and stitching judge differently.
+TRANSFORMS = ("useless_coordinates", "permuted_positions")
+
+
+class Transform(nn.Module):
+    """B's representation at one cut, changed before the stitcher sees it (Section 3's arguments).
+
+    - "useless_coordinates" (ratio r): appends round(r x channels) channels (features, for a
+      pooled vector or tokens) of Gaussian noise, drawn afresh at every call from a generator
+      seeded by `seed`, at one scale per cut: the root mean square of the first batch it sees
+      (so that an image's representation never depends on its batch companions). The paper's
+      example appends 1,000 random Gaussian coordinates: CKA falls, but a stitcher can throw them
+      away.
+    - "permuted_positions": one fixed random permutation (from `seed`) of the spatial positions of
+      a feature map (or of a transformer's patch tokens; the first `prefix_tokens`, a class token,
+      stay where the head reads them), the same for every image: an orthogonal map of the
+      flattened features, so CKA does not move, but a 1 x 1 stitcher cannot undo it. A pooled
+      vector has no positions to permute: an error (experiments skip such cuts).
+    """
+
+    def __init__(self, spec: tuple, cut: CutPoint, seed: int, prefix_tokens: int = 0):
+        super().__init__()
+        kind, *args = spec
+        if kind not in TRANSFORMS:
+            raise ValueError(f"unknown transform {kind!r}; valid: {TRANSFORMS}")
+        if kind == "useless_coordinates":
+            if len(args) != 1 or not (isinstance(args[0], (int, float)) and args[0] > 0):
+                raise ValueError(f'"useless_coordinates" takes one ratio > 0 (appended channels per channel of the '
+                                 f"representation), got {tuple(args)!r}")
+            self.extra = max(1, round(float(args[0]) * cut.channels))
+        else:
+            if args:
+                raise ValueError(f'"permuted_positions" takes no arguments, got {tuple(args)!r}')
+            if cut.kind == "vector":
+                raise ValueError(f"cut {cut.name!r} is a pooled vector: it has no spatial positions to permute; "
+                                 "permuted_positions needs a feature map or tokens")
+            self.extra = 0
+        self.kind, self.cut, self.seed, self.prefix_tokens = kind, cut, int(seed), int(prefix_tokens)
+        self._generator = self._scale = None
+        self._perm = {}
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        if self.kind == "useless_coordinates":
+            if self._generator is None or self._generator.device != h.device:
+                self._generator = torch.Generator(h.device).manual_seed(self.seed)
+            shape = list(h.shape)
+            channel_dim = 1 if h.dim() in (2, 4) else h.dim() - 1  # (B, C[, H, W]) or tokens (B, N, D)
+            shape[channel_dim] = self.extra
+            if self._scale is None:
+                self._scale = h.detach().float().pow(2).mean().sqrt()
+            noise = torch.randn(shape, generator=self._generator, device=h.device, dtype=torch.float32)
+            noise *= self._scale.to(h.device)
+            return torch.cat([h, noise.to(h.dtype)], channel_dim)
+        if h.dim() == 4:  # (B, C, H, W): permute the H * W positions, the same way for every channel
+            b, c, height, width = h.shape
+            return h.reshape(b, c, height * width)[:, :, self._permutation(height * width, h.device)].reshape(
+                b, c, height, width)
+        k = self.prefix_tokens  # tokens (B, N, D): the class token stays first
+        return torch.cat([h[:, :k], h[:, k:][:, self._permutation(h.shape[1] - k, h.device)]], 1)
+
+    def _permutation(self, n: int, device) -> torch.Tensor:
+        if n not in self._perm:  # drawn on the CPU: the same permutation on every device
+            self._perm[n] = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed))
+        return self._perm[n].to(device)
+
+
+def make_transform(spec: tuple | list | None, cut: CutPoint, seed: int, model: nn.Module | None = None) -> nn.Module:
+    """`Transform(spec, cut, seed + cut.index)` (each cut its own draw), or the identity for None.
+    `model`: the network `cut` belongs to, whose class token (timm's `num_prefix_tokens`) a
+    permutation of tokens leaves in place."""
+    if spec is None:
+        return nn.Identity()
+    if isinstance(spec, str) or not isinstance(spec, (tuple, list)) or not spec:
+        raise ValueError(f"transform must be None or a tuple (name, *arguments) with name in {TRANSFORMS}, e.g. "
+                         f'("useless_coordinates", 1.0) or ("permuted_positions",); got {spec!r}')
+    prefix = next((int(m.num_prefix_tokens) for m in model.modules() if hasattr(m, "num_prefix_tokens")), 0) \
+        if model is not None and cut.kind == "tokens" else 0
+    return Transform(tuple(spec), cut, seed + cut.index, prefix)
 
 
 class TokenBatchNorm(nn.BatchNorm1d):
@@ -244,6 +323,7 @@ def stitch(
     device: str | torch.device = "auto",
     progress: bool = True,
     precision: str = "fp32",
+    transform: tuple | None = None,
 ) -> StitchResult | list[StitchResult]:
     """Stitch the bottom of `bottom_model` (B) up to cut `at` into the top of `top_model` (A).
 
@@ -262,6 +342,9 @@ def stitch(
 
     `precision`: "fp32", or "bf16" for bfloat16 autocast of every forward and backward pass (the
     least-squares initialisation still solves its normal equations in float64).
+
+    `transform`: None, or a change of B's representation before the stitcher (`Transform`):
+    `("useless_coordinates", ratio)` or `("permuted_positions",)`; each cut draws its own.
     """
     if init not in INITS:
         raise ValueError(f"unknown init {init!r}; valid: {INITS}")
@@ -284,7 +367,9 @@ def stitch(
     bcuts = [resolve_cut(bottom_model, a) for a in ats]
     tcuts = [resolve_cut(top_model, a) for a in top_ats]
     options = dict(epochs=epochs, steps=steps, init=init, kernel_size=kernel_size, bn_policy=bn_policy, lr=lr,
-                   batch_size=batch_size, ls_samples=ls_samples, ridge=ridge, seed=seed, precision=precision)
+                   batch_size=batch_size, ls_samples=ls_samples, ridge=ridge, seed=seed, precision=precision,
+                   transform=None if transform is None else list(transform))
+    transforms = [make_transform(transform, c, seed, bottom_model) for c in bcuts]
     if bn_policy == "drift":
         # One copy of the bottom serves every cut: it sees the same batches whatever the cut, so its
         # statistics drift the same way. Each top drifts with its own cut's stitched activations,
@@ -296,37 +381,41 @@ def stitch(
         top_error = error_rate(top_model, test, dataset.mean, dataset.std, device=device, precision=precision)
 
     probe = next(iter(DeviceLoader(test, dataset.mean, dataset.std, batch_size=2, device=device)))[0]
+    # A transform may widen B's representation (useless coordinates): the stitcher takes them all.
+    c_in = [c.channels + getattr(t, "extra", 0) for c, t in zip(bcuts, transforms)]
     stitchers = []
-    for bcut, tcut in zip(bcuts, tcuts):
+    for bcut, tcut, channels in zip(bcuts, tcuts, c_in):
         _check_compatible(bottom_model, top_model, bcut, tcut, probe)
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(seed)
-            stitchers.append(channels_last(Stitcher(bcut.channels, tcut.channels, kind=bcut.kind,
+            stitchers.append(channels_last(Stitcher(channels, tcut.channels, kind=bcut.kind,
                                                     kernel_size=kernel_size).to(device)))
     b_index, t_index = [c.index for c in bcuts], [c.index for c in tcuts]
     b_stages, t_stages = spine(bottom_model), spine(top_model)
     with _restore_requires_grad(bottom_model, top_model), autocast(device, precision):
         tops = [copy.deepcopy(top_model) if bn_policy == "drift" else top_model for _ in bcuts]
-        models = [StitchedModel(split(bottom_model, b)[0], s, split(top, t)[1], bn_policy=bn_policy)
-                  for b, t, s, top in zip(bcuts, tcuts, stitchers, tops)]
+        models = [StitchedModel(_then(split(bottom_model, b)[0], transform_), s, split(top, t)[1],
+                                bn_policy=bn_policy)
+                  for b, t, s, top, transform_ in zip(bcuts, tcuts, stitchers, tops, transforms)]
+        bottoms = _BottomAtCuts(b_stages, b_index, transforms)
         if init == "least_squares":
             ls_split = train if len(train) <= ls_samples else _first(train, ls_samples)
-            fits = [_RidgeFit(c.channels, device) for c in bcuts]
+            fits = [_RidgeFit(c, device) for c in c_in]
             with torch.no_grad():
                 for x, _ in DeviceLoader(ls_split, dataset.mean, dataset.std, batch_size=256, device=device):
                     x = as_nhwc(x)
                     targets = dict(_at_cuts(t_stages, x, t_index))
-                    for j, hb in _at_cuts(b_stages, x, b_index):
+                    for j, hb in bottoms(x):
                         fits[j].update(hb, targets.pop(j))
             for fit, stitcher in zip(fits, stitchers):
                 fit.apply(stitcher, ridge)
-        wrong_init = _misclassified(models, b_stages, b_index, test, dataset, device)
+        wrong_init = _misclassified(models, bottoms, test, dataset, device)
         if (steps if steps is not None else epochs) > 0:
             desc = f"stitch {bcuts[0].name}" if len(bcuts) == 1 else f"stitch {len(bcuts)} cuts"
-            _train_stitchers(models, b_stages, b_index, train, dataset, epochs=epochs, steps=steps, lr=lr,
+            _train_stitchers(models, bottoms, train, dataset, epochs=epochs, steps=steps, lr=lr,
                              batch_size=batch_size, seed=seed, device=device, desc=desc, progress=progress)
         # Measured anew: with bn_policy="drift" the bottom's statistics have moved.
-        wrong = _misclassified(models, b_stages, b_index, test, dataset, device)
+        wrong = _misclassified(models, bottoms, test, dataset, device)
     results = [StitchResult(b, top_error, percent(w_init), percent(w), m, dict(at=b.name, top_at=t.name, **options),
                             w_init, w)
                for b, t, w_init, w, m in zip(bcuts, tcuts, wrong_init, wrong, models)]
@@ -345,15 +434,32 @@ def _at_cuts(stages: list[nn.Module], x: torch.Tensor, indices: list[int]):
         yield j, h
 
 
+def _then(bottom: nn.Module, transform: nn.Module) -> nn.Module:
+    return bottom if isinstance(transform, nn.Identity) else nn.Sequential(bottom, transform)
+
+
+@dataclass
+class _BottomAtCuts:
+    """B's representation at every cut (each through its cut's transform) from one pass."""
+
+    stages: list
+    index: list
+    transforms: list
+
+    def __call__(self, x: torch.Tensor):
+        for j, h in _at_cuts(self.stages, x, self.index):
+            yield j, self.transforms[j](h)
+
+
 @torch.no_grad()
-def _misclassified(models: list[StitchedModel], b_stages, b_index, split_: Split, dataset: Dataset,
+def _misclassified(models: list[StitchedModel], bottoms: _BottomAtCuts, split_: Split, dataset: Dataset,
                    device) -> list[torch.Tensor]:
     """Which test images every stitched model (in eval mode) gets wrong, the bottom run once per batch."""
     for model in models:
         model.eval()
     wrong = [[] for _ in models]
     for x, y in DeviceLoader(split_, dataset.mean, dataset.std, batch_size=500, device=device):
-        for j, h in _at_cuts(b_stages, as_nhwc(x), b_index):
+        for j, h in bottoms(as_nhwc(x)):
             wrong[j].append((models[j].top(models[j].stitcher(h)).argmax(1) != y).cpu())
     return [torch.cat(w) for w in wrong]
 
@@ -362,7 +468,7 @@ def _first(split_: Split, n: int) -> Split:
     return Split(split_.images[:n], split_.labels[:n], split_.num_classes, split_.recipe + (("first", n),))
 
 
-def _train_stitchers(models: list[StitchedModel], b_stages, b_index, train: Split, dataset: Dataset, *, epochs,
+def _train_stitchers(models: list[StitchedModel], bottoms: _BottomAtCuts, train: Split, dataset: Dataset, *, epochs,
                      steps, lr, batch_size, seed, device, desc, progress):
     loader = DeviceLoader(train, dataset.mean, dataset.std, batch_size=batch_size, train=True, device=device, seed=seed)
     total = steps or max(1, math.ceil(epochs * len(loader)))
@@ -375,7 +481,7 @@ def _train_stitchers(models: list[StitchedModel], b_stages, b_index, train: Spli
                                                 torch.optim.lr_scheduler.CosineAnnealingLR(opt, total)))
 
     def step(x, y):
-        for j, h in _at_cuts(b_stages, as_nhwc(x), b_index):
+        for j, h in bottoms(as_nhwc(x)):
             steps_per_cut[j](h, y)
 
     run_steps(loader, total, step, desc=desc, progress=progress)

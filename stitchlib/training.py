@@ -165,6 +165,7 @@ def train_model(
     device: str | torch.device = "auto",
     checkpoints: tuple[float, ...] = (),
     frozen: int = 0,
+    frozen_top: int = 0,
     until: float | None = None,
     desc: str = "train",
     progress: bool = True,
@@ -179,7 +180,8 @@ def train_model(
 
     `frozen`: the first `frozen` stages of the model's spine (see `cut_points`) stay exactly as
     they are: no gradient, no weight decay, and BatchNorm in eval mode so that its running
-    statistics do not move either (freeze training, Appendix B.4).
+    statistics do not move either (freeze training, Appendix B.4). `frozen_top`: the same for the
+    last `frozen_top` stages (the classifier among them), the top layers Appendix B.4 also freezes.
 
     `precision`: "fp32", or "bf16" for bfloat16 autocast (`stitchlib.precision`). `compile`: run
     the training forward through `torch.compile` (falls back to eager, with a warning, where it
@@ -187,15 +189,17 @@ def train_model(
     device = resolve_device(device)
     check_precision(precision, device)
     channels_last(model.to(device)).train()
-    if isinstance(frozen, bool) or not isinstance(frozen, int) or frozen < 0:
-        raise ValueError(f"frozen must be a number of stages >= 0, got {frozen!r}")
-    stages = spine(model) if frozen else []  # any nn.Module trains; only freezing needs a spine
-    if frozen >= max(len(stages), 1):
-        raise ValueError(f"frozen={frozen}, but the model has {len(stages)} stages and at least the last "
-                         f"must train; valid: 0 to {len(stages) - 1}")
-    held = [p for stage in stages[:frozen] for p in stage.parameters()]
+    for name, n in (("frozen", frozen), ("frozen_top", frozen_top)):
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ValueError(f"{name} must be a number of stages >= 0, got {n!r}")
+    stages = spine(model) if frozen or frozen_top else []  # any nn.Module trains; only freezing needs a spine
+    if frozen + frozen_top >= max(len(stages), 1):
+        raise ValueError(f"frozen={frozen} and frozen_top={frozen_top}, but the model has {len(stages)} stages and "
+                         f"at least one must train; valid: frozen + frozen_top from 0 to {len(stages) - 1}")
+    held_stages = stages[:frozen] + stages[len(stages) - frozen_top:] if frozen_top else stages[:frozen]
+    held = [p for stage in held_stages for p in stage.parameters()]
     was_trainable = [p.requires_grad for p in held]
-    for stage in stages[:frozen]:
+    for stage in held_stages:
         stage.eval().requires_grad_(False)
     loader = DeviceLoader(split, mean, std, batch_size=recipe.batch_size, train=True, device=device, seed=seed)
     total = recipe.steps or max(1, math.ceil(recipe.epochs * len(loader)))

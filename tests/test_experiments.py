@@ -11,7 +11,8 @@ from stitchlib.experiments import compute as X
 from stitchlib.experiments import more_is_better as M
 from stitchlib.experiments import ssl_vs_e2e as SSLE
 from stitchlib.experiments.core import Splits
-from stitchlib.experiments.tasks import FrozenPrefix, RandomModel, TrainedModel
+from stitchlib.experiments.tasks import FrozenPrefix, FrozenSuffix, RandomModel, TrainedModel
+from stitchlib import pretrained as P
 from stitchlib.pretrained import IMAGENET_WEIGHTS
 from stitchlib.store import CorruptArtifactWarning
 from stitchlib.training import RECIPES
@@ -241,11 +242,17 @@ def test_label_noise_reuses_the_clean_seeds_and_stitches_each_weak_bottom(tmp_pa
 
 def test_more_is_better_panels_equal_steps_checkpoints_and_freeze_training(tmp_path, monkeypatch):
     trained = _count_training(monkeypatch)
+    # The threshold admits every cut of these tiny models: a prefix of 2 stages leaves room for the
+    # frozen top layers (Appendix B.4's second half), decided from the reversed samples pair.
+    monkeypatch.setattr(M, "near_zero_prefix", lambda table, limit: 2)
     s = _setup(tmp_path, "more_is_better", **MORE)
     res = stitchlib.more_is_better(s)
     t = res.table
     assert list(t["panel"].unique()) == ["samples", "training time", "width: bottoms into the 0.0625 top",
-                                         "width: the 0.0625 bottom into tops", "width"]
+                                         "width: the 0.0625 bottom into tops", "width", "samples, reversed"]
+    reversed_ = t[t["panel_id"] == "samples_reversed"]
+    # B.4's opposite: the network trained normally on all training images, into the 256-image top.
+    assert list(reversed_["pair"].unique()) == ["50,000 samples into 256"] and len(reversed_) == 20
     samples = t[t["panel"] == "samples"]
     assert samples.groupby("pair", sort=False).size().tolist() == [20, 20, 20, 20]  # 10 cuts x 2 seed pairs
     assert samples[samples["pair"].str.contains("CKA only")]["penalty"].isna().all()
@@ -255,27 +262,33 @@ def test_more_is_better_panels_equal_steps_checkpoints_and_freeze_training(tmp_p
     steps = {n: M.equal_steps(s.p, base, n) for n in (256, 512, 1024, 50000)}
     assert steps[512] == base and {r.steps for n, r in steps.items() if n != 512} == {4}
     assert steps[256].epochs == 2 and steps[1024].epochs == 0.5
-    # Freeze training: a normal run and one with a frozen prefix (the threshold admits every
-    # cut here, so all stages the fewer-samples model has before the head), 8 points each
-    # where the run has 8 steps or more: here it has 4.
+    # Freeze training: a normal run, one with the frozen prefix, one with the prefix and the top
+    # layers (every cut of the reversed pair qualifies: all 11 stages but the 2 of the prefix and
+    # one that trains), 8 points each where the run has 8 steps or more: here it has 4.
     c = res.curves
-    assert c.groupby(["pair_index", "run"], sort=False).size().tolist() == [4, 4, 4, 4]
-    assert c.groupby(["pair_index", "run"], sort=False)["step"].apply(list).tolist() == [[1, 2, 3, 4]] * 4
-    assert sorted(c["frozen_stages"].unique()) == [0, 10]
+    assert c.groupby(["pair_index", "run"], sort=False).size().tolist() == [4] * 6
+    assert c.groupby(["pair_index", "run"], sort=False)["step"].apply(list).tolist() == [[1, 2, 3, 4]] * 6
+    assert list(c["freeze"].unique()) == ["normal", "prefix", "prefix_and_top"]
+    runs = c.drop_duplicates("freeze").set_index("freeze")
+    assert runs["frozen_stages"].tolist() == [0, 2, 2] and runs["frozen_top_stages"].tolist() == [0, 0, 8]
+    assert runs.loc["prefix_and_top", "run"] == ("stages up to layer1.0 and stages after layer1.1 frozen from the "
+                                                 "256-sample model")
     # Per seed pair: samples: top + 3 bottoms; one run for every checkpoint; widths: 4 new (the 1/16
-    # pair is the samples experiment's 512-image pair, from the store); freeze training: 2. Nothing twice.
-    assert len(trained) == 2 * (4 + 1 + 4 + 2)
+    # pair is the samples experiment's 512-image pair, from the store); freeze training: 3. Nothing twice.
+    assert len(trained) == 2 * (4 + 1 + 4 + 3)
     claims = stitchlib.check_claims(res)
-    assert [c[:3] for c in claims["claim"]] == ["(a)"] * 4 + ["(b)", "(b)", "(c)", "(d)"]
+    assert [c[:3] for c in claims["claim"]] == ["(a)"] * 4 + ["(b)", "(b)", "(c)", "(d)", "(d)"]
     assert list(claims["model"][:6]) == ["1,024 samples into 512", "width 0.125 into 0.0625", "width 0.0625 into 0.03125",
                                          "epoch 1 into epoch 0.5", "width 0.03125 into 0.0625", "width 0.0625 into 0.125"]
     more = t[(t["panel"] == "samples") & (t["value"] == 1024) & (t["cut_index"] >= 5)]
     assert claims["statistic"].iloc[0] == pytest.approx(more.groupby("pair_index")["penalty"].mean().mean())
-    final = c.sort_values("epoch").groupby(["pair_index", "run"], sort=False)["test_error"].last().unstack()
-    frozen_run = [r for r in final.columns if r != "normal training"][0]
-    assert claims["statistic"].iloc[7] == pytest.approx((final[frozen_run] - final["normal training"]).mean())
+    final = c.sort_values("epoch").groupby(["pair_index", "freeze"], sort=False)["test_error"].last().unstack()
+    for row, kind in ((7, "prefix"), (8, "prefix_and_top")):
+        assert claims["statistic"].iloc[row] == pytest.approx((final[kind] - final["normal"]).mean())
     # What nbval compares never depends on the numbers: the same name whether or not a stage qualified.
-    assert claims["model"].iloc[7] == "freeze training" and claims["worst_cut"].iloc[7] == ""
+    assert list(claims["model"].iloc[7:]) == ["freeze training: bottom prefix",
+                                              "freeze training: bottom prefix and top layers"]
+    assert list(claims["worst_cut"].iloc[7:]) == ["", ""]
     names = sorted({p.stem for p in stitchlib.plot(res)["paths"]})
     assert names == ["fig2c_samples", "fig3b_training_time", "fig3c_width", "fig7_more_cka", "fig9_freeze"]
     # The plan's keys are the run's: checkpoints, equal-steps models, and the frozen-prefix runs once
@@ -283,8 +296,11 @@ def test_more_is_better_panels_equal_steps_checkpoints_and_freeze_training(tmp_p
     keys = s.runner.keys
     unknown = [t for t in s.plan.tasks() if keys.stored(t) is None]
     assert all(keys.stored(t) for t in s.plan.tasks() if t not in unknown)
-    assert len(unknown) == 2 and all(t.frozen.stages is None for t in unknown)
-    assert all(keys.stored(dataclasses.replace(t, frozen=FrozenPrefix(t.frozen.source, 10))) for t in unknown)
+    assert len(unknown) == 4 and all(t.frozen.stages is None for t in unknown)
+    decided = [dataclasses.replace(t, frozen=FrozenPrefix(t.frozen.source, 2),
+                                   **({"frozen_top": FrozenSuffix(t.frozen_top.source, 8)} if t.frozen_top else {}))
+               for t in unknown]
+    assert all(keys.stored(t) for t in decided)
     assert (tmp_path / "figures" / "04_freeze_training.csv").exists()
 
 
@@ -293,6 +309,19 @@ def test_freeze_prefix_stops_at_the_first_costly_cut():
     assert M.near_zero_prefix(table, 3.0) == 1  # cut 1 costs 4 points: only the stem qualifies
     assert M.near_zero_prefix(table, 5.0) == 4
     assert M.near_zero_prefix(table, 0.1) == 0
+
+
+def test_frozen_top_layers_are_the_stages_above_the_shallowest_cut_from_which_on_all_are_near_zero():
+    # 4 cuts, so 5 stages (the last is the classifier). From cut 2 on every penalty is <= 3: the
+    # stages above cut 2 (cut 3's stage and the classifier) can be frozen; cut 1 costs 4 points.
+    table = pd.DataFrame(dict(cut_index=[2, 0, 1, 3], penalty=[0.5, 0.2, 4.0, 0.1]))
+    assert M.near_zero_suffix(table, 3.0, 5) == 2
+    assert M.near_zero_suffix(table, 5.0, 5) == 4  # every cut: all stages after the first
+    assert M.near_zero_suffix(table, 0.1, 5) == 1  # only the last cut: the classifier alone
+    assert M.near_zero_suffix(table, 0.05, 5) == 0
+    # A cut without a penalty is not near zero: it ends the prefix and the suffix.
+    gap = pd.DataFrame(dict(cut_index=[0, 1, 2, 3], penalty=[0.1, float("nan"), 0.1, 0.1]))
+    assert M.near_zero_prefix(gap, 3.0) == 1 and M.near_zero_suffix(gap, 3.0, 5) == 2
 
 
 @pytest.mark.parametrize("experiment,kwargs,error,match", [
@@ -329,11 +358,39 @@ def test_ablations_kernel_bn_init_finetuning_and_table1(tmp_path):
               "label_noise": stitchlib.setup("label_noise", **NOISE, **kw),
               "more_is_better": stitchlib.setup("more_is_better", **MORE, **kw)}
     s = stitchlib.setup("ablations", **SHARED, width=0.0625, kernel_sizes=[1, 3], finetune_epochs=0.5,
-                        finetune_arch={"width": 0.25, "depth": 11}, **kw)
+                        finetune_arch={"width": 0.25, "depth": 11}, convergence_steps=[2, 4], **kw)
     res = stitchlib.ablations(s, others)
     t = res.table
-    assert list(t["panel"].unique()) == ["kernel size", "BatchNorm policy", "initialisation",
+    assert list(t["panel"].unique()) == ["kernel size", "BatchNorm policy", "initialisation", "useless coordinates",
+                                         "permuted positions", "random control's BatchNorm", "stitcher convergence",
                                          "fine-tuning vs stitching"]
+    by_cut = lambda panel, role: t[(t["panel"] == panel) & (t["bottom_role"] == role)].set_index(  # noqa: E731
+        ["pair_index", "cut_index"])
+    k1 = t[t["pair"] == "k = 1"].set_index(["pair_index", "cut_index"])
+    # Section 3: the unchanged pair is the k = 1 stitch (one stored result); useless coordinates
+    # move CKA at every cut (not always down: at n = 128 images a layer's own Gram matrix can be
+    # nearly diagonal, and the noise adds a multiple of the centring matrix, which raises the
+    # numerator); permuted positions leave it as it was at every feature-map cut, and the pooled
+    # vector, which has no positions, is skipped.
+    for panel in ("useless coordinates", "permuted positions"):
+        assert by_cut(panel, "trained")[["error", "cka"]].equals(k1[["error", "cka"]])
+    noisy = by_cut("useless coordinates", "transformed")
+    assert ((noisy["cka"] - k1["cka"]).abs() > 1e-4).all() and noisy["penalty"].notna().all()
+    permuted = by_cut("permuted positions", "transformed")
+    maps = permuted["cut"] != "pool"
+    assert permuted[~maps][["penalty", "cka"]].isna().all().all() and permuted[maps]["penalty"].notna().all()
+    assert (permuted[maps]["cka"] - k1[maps]["cka"]).abs().max() < 1e-9
+    assert (permuted[maps]["error_init"] != k1[maps]["error_init"]).any()
+    # The random control on batch statistics is another stitched model than on running statistics.
+    random_bn = t[t["panel"] == "random control's BatchNorm"]
+    assert random_bn.groupby("pair", sort=False).size().tolist() == [20, 20]
+    assert not random_bn.groupby("pair", sort=False)["error"].apply(list).pipe(lambda e: e.iloc[0] == e.iloc[1])
+    # Convergence: the first pair only, each start at 1 (this profile's length), 2 and 4 steps.
+    conv = t[t["panel"] == "stitcher convergence"]
+    assert set(conv["pair_index"]) == {0}
+    assert conv.groupby("pair", sort=False)["value"].apply(lambda v: sorted(set(v))).tolist() == [[1.0, 2.0, 4.0]] * 2
+    default = conv[(conv["pair"] == "least-squares start") & (conv["value"] == 1.0)].set_index("cut_index")
+    assert default["error"].equals(k1.loc[0]["error"])
     k3 = t[t["pair"] == "k = 3"]
     assert k3[k3["cut"] == "pool"]["penalty"].isna().all() and k3[k3["cut"] != "pool"]["penalty"].notna().all()
     # The default stitch is one stored result behind three panels: the same numbers in each.
@@ -348,7 +405,10 @@ def test_ablations_kernel_bn_init_finetuning_and_table1(tmp_path):
     ft = t[t["panel"] == "fine-tuning vs stitching"]
     assert ft.groupby("pair").size().to_dict() == {"fine-tuning": 10, "stitching": 10}  # ResNet-11: 5 cuts, 2 pairs
     claims = stitchlib.check_claims(res)
-    assert [c[:3] for c in claims["claim"]] == ["(a)", "(b)"] and claims["threshold"].iloc[0] == "within 3"
+    assert [c[:3] for c in claims["claim"]] == ["(a)", "(b)", "(c)", "(c)", "(d)", "(d)", "(e)", "(e)"]
+    assert list(claims["threshold"]) == ["within 3", "> 0", "< 0", "<= 3", "within 1e-06", "> 0", "> 3", "> 3"]
+    assert claims["statistic"].iloc[2] == pytest.approx((noisy["cka"] - k1["cka"]).groupby("pair_index").mean().mean())
+    assert abs(claims["statistic"].iloc[4]) < 1e-9
     gap = ft.pivot_table(index=["pair_index", "cut_index"], columns="pair", values="penalty")
     assert claims["statistic"].iloc[1] == pytest.approx((gap["stitching"] - gap["fine-tuning"]).mean())
     # The k x k stitcher trained at lr / k, the 1 x 1 at the profile's lr.
@@ -371,9 +431,12 @@ def test_ablations_kernel_bn_init_finetuning_and_table1(tmp_path):
     assert o.iloc[0]["different initialisation"].startswith(
         f"{low['cka']:.2f} [{low['cka_low']:.2f}, {low['cka_high']:.2f}] at {low['cut']} to {seeds['cka'].max():.2f} [")
     table = pd.read_csv(tmp_path / "figures" / "table1.csv")
-    assert table.equals(o) and (tmp_path / "figures" / "05_ablations.csv").exists()
+    # The CSV carries the run's profile first (every CSV of a run does), then Table 1 as returned.
+    assert list(table["profile"]) == ["smoke"] * len(o) and table.drop(columns="profile").equals(o)
+    assert (tmp_path / "figures" / "05_ablations.csv").exists()
     names = sorted({p.stem for p in stitchlib.plot(res)["paths"]})
-    assert names == ["ablation_bn_init", "fig4_kernel_size", "fig8_finetuning"]
+    assert names == ["ablation_bn_init", "ablation_convergence", "ablation_random_bn", "fig4_kernel_size",
+                     "fig8_finetuning", "section3_cka_vs_stitching"]
 
 
 @pytest.mark.parametrize("kwargs,match", [
@@ -458,7 +521,15 @@ def test_the_imagenet_panel_runs_on_a_folder_and_local_weights(tmp_path, monkeyp
                imagenet_weights=["dino"], imagenet_samples=4)
     notes = []
     panel = SSLE.imagenet_panel(s, notes)
-    assert not notes and list(panel["pair"].unique()) == ["dino bottom into supervised top"]
-    assert len(panel) == 18  # torchvision ResNet-50: stem, 16 blocks, pool
+    assert not notes and list(panel["pair"].unique()) == ["dino bottom into supervised top",
+                                                          "random ResNet-50 (untrained) bottom into supervised top"]
+    assert len(panel) == 2 * 18  # torchvision ResNet-50: stem, 16 blocks, pool
+    dino, random = (panel[panel["bottom_role"] == role] for role in ("dino", "random"))
     # The same backbone on both sides: the least-squares stitcher reproduces the top exactly.
-    assert panel["penalty_init"].abs().max() < 1e-9 and (panel["cka"] > 0.999).all()
+    assert dino["penalty_init"].abs().max() < 1e-9 and (dino["cka"] > 0.999).all()
+    # Fig. 2B's random control: an untrained ResNet-50 of its own seed, another network than the top
+    # (with two test images CKA is 1 for any pair: a centred 2 x 2 Gram matrix has rank one).
+    assert (random["seed_bottom"] == 100).all() and random["penalty"].notna().all()
+    random_net, info = P.random_resnet50(100)
+    assert not torch.equal(random_net.conv1.weight, sup["conv1.weight"])
+    assert info["sha256"] == P.random_resnet50(100)[1]["sha256"] != P.random_resnet50(101)[1]["sha256"]

@@ -65,7 +65,11 @@ def test_the_users_paper_command_plans():
     plan = make_plan("04_more_is_better", values.pop("profile"), **{**values, "samples": 25000})
     samples = [c for c in plan.comparisons if c.columns["panel"] == "samples" and c.stitch is not None]
     assert {c.stitch.train.size for c in samples} == {10000}
-    others = [c for c in plan.comparisons if c.columns["panel"] != "samples" and c.stitch is not None]
+    # Appendix B.4's reversed pair has the 5,000-sample model as its top: its stitcher sees those.
+    reversed_ = [c for c in plan.comparisons if c.columns["panel_id"] == "samples_reversed"]
+    assert {c.stitch.train.size for c in reversed_} == {5000}
+    others = [c for c in plan.comparisons if c.columns["panel"] not in ("samples", "samples, reversed")
+              and c.stitch is not None]
     assert {c.stitch.train.size for c in others} == {50000}
 
 
@@ -93,8 +97,9 @@ def test_table1_reads_the_other_notebooks_at_its_profile_with_its_seeds():
 
 def test_later_notebooks_reuse_01s_seed_pairs_and_04s_run_ends_at_01s_model():
     base = {t for c in make_plan("connectivity").comparisons for t in (c.top, c.bottom)}
-    # The two ResNet-18 seed pairs; 05 also takes 01's ResNet-11 tops and random networks.
-    for name, shared in (("ssl_vs_e2e", 4), ("label_noise", 4), ("more_is_better", 4), ("ablations", 8)):
+    # The two ResNet-18 seed pairs; 05 also takes 01's ResNet-11 tops and random networks, and its
+    # random ResNet-18s (the random control's BatchNorm panel).
+    for name, shared in (("ssl_vs_e2e", 4), ("label_noise", 4), ("more_is_better", 4), ("ablations", 10)):
         used = {t for c in make_plan(name).comparisons for t in (c.top, c.bottom)}
         assert len(used & base) == shared, name
     run = next(t for t in make_plan("more_is_better").tasks() if isinstance(t, TrainedModel) and t.keep_checkpoints)
@@ -149,7 +154,7 @@ def test_plan_command_prints_tasks_store_state_and_cost(capsys, tmp_path):
                  "--store", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "at profile paper" in out and "hours on one NVIDIA H200" in out and "total" in out
-    assert "0 of 120 tasks stored" in out
+    assert "0 of 129 tasks stored" in out
     assert main(["plan", "label_noise", "--summary"]) == 0
     assert "estimated cost" in capsys.readouterr().out
 

@@ -202,3 +202,95 @@ def test_a_list_of_cuts_is_checked_like_one(cifar, small):
     heads = [list(res.stitched.top.children())[-1] for res in drift]  # both tops end in A's classifier
     assert heads[0] is not heads[1]
     assert _identical(before_a, a) and _identical(before_b, b)
+
+
+# ------------------------------------------------------------ Section 3's changed representations
+
+def _images(cifar, small):
+    from stitchlib.data import DeviceLoader
+    return next(iter(DeviceLoader(small["test"], cifar.mean, cifar.std, batch_size=256, device="cpu")))[0]
+
+
+def test_useless_coordinates_lower_cka_but_the_stitcher_throws_them_away(cifar, small):
+    from stitchlib.similarity import linear_cka
+    from stitchlib.stitching import make_transform
+    a = small["a"]
+    cut = cut_points(a)[3]
+    plain = stitchlib.stitch(a, a, cut.index, cifar, train=small["train"], test=small["test"], epochs=0,
+                             ls_samples=512, device="cpu")
+    noisy = stitchlib.stitch(a, a, cut.index, cifar, train=small["train"], test=small["test"], epochs=0,
+                             ls_samples=512, device="cpu", transform=("useless_coordinates", 1.0))
+    # The stitcher sees twice the channels; least squares puts (almost) no weight on the noise.
+    assert noisy.stitched.stitcher.linear.in_channels == 2 * cut.channels
+    w = noisy.stitched.stitcher.linear.weight[:, :, 0, 0].abs()
+    assert w[:, cut.channels:].mean() < 0.05 * w[:, :cut.channels].mean()
+    assert abs(noisy.penalty_init - plain.penalty_init) <= 1.0
+    # CKA of a representation with itself plus as much noise as signal (root mean square) falls
+    # below 1, and further with more noise.
+    x = _images(cifar, small)
+    with torch.no_grad():
+        h = split(a, cut.index)[0].eval()(x)
+    t = make_transform(("useless_coordinates", 1.0), cut, seed=0)
+    assert linear_cka(h, h) == pytest.approx(1.0)
+    once = linear_cka(h, t(h))
+    assert once < 0.97 and linear_cka(h, make_transform(("useless_coordinates", 4.0), cut, seed=0)(h)) < once - 0.05
+    # Fresh draws at every call, the same sequence from the same seed.
+    t2 = make_transform(("useless_coordinates", 1.0), cut, seed=0)
+    first, again = t2(h), make_transform(("useless_coordinates", 1.0), cut, seed=0)(h)
+    assert torch.equal(first, again) and not torch.equal(first, t2(h))
+
+
+def test_permuted_positions_keep_cka_but_stitching_pays(cifar, small):
+    from stitchlib.similarity import linear_cka
+    from stitchlib.stitching import make_transform
+    a, b = small["a"], small["b"]
+    cut = [c for c in cut_points(a) if c.kind == "map"][2]
+    x = _images(cifar, small)
+    with torch.no_grad():
+        ha, hb = split(a, cut.index)[0].eval()(x), split(b, cut.index)[0].eval()(x)
+    t = make_transform(("permuted_positions",), cut, seed=0)
+    moved = t(hb)
+    assert moved.shape == hb.shape and not torch.equal(moved, hb)
+    # The same values at other positions, the same permutation for every channel and image.
+    assert torch.equal(moved.flatten(2).sort(-1).values, hb.flatten(2).sort(-1).values)
+    assert linear_cka(ha, moved) == pytest.approx(linear_cka(ha, hb), abs=1e-9)
+    plain = stitchlib.stitch(a, a, cut.index, cifar, train=small["train"], test=small["test"], epochs=0,
+                             ls_samples=512, device="cpu")
+    permuted = stitchlib.stitch(a, a, cut.index, cifar, train=small["train"], test=small["test"], epochs=0,
+                                ls_samples=512, device="cpu", transform=("permuted_positions",))
+    # A 1 x 1 stitcher cannot put pixels back: the stitched network no longer predicts as A does
+    # (these tiny models are near chance, so the penalty itself moves by a few points only).
+    assert permuted.penalty_init > plain.penalty_init + 2
+    with torch.no_grad():
+        agree = lambda m: (m.eval()(x).argmax(1) == a.eval()(x).argmax(1)).float().mean()  # noqa: E731
+        assert agree(plain.stitched) > 0.99 and agree(permuted.stitched) < 0.8
+
+
+def test_transforms_refuse_what_they_cannot_do(cifar, small):
+    from stitchlib.stitching import make_transform
+    a = small["a"]
+    pooled = [c for c in cut_points(a) if c.kind == "vector"][0]
+    with pytest.raises(ValueError, match="pooled vector: it has no spatial positions to permute"):
+        stitchlib.stitch(a, a, pooled.index, cifar, train=small["train"], test=small["test"], epochs=0,
+                         device="cpu", transform=("permuted_positions",))
+    with pytest.raises(ValueError, match=r"unknown transform 'shuffle'; valid: \('useless_coordinates', "):
+        make_transform(("shuffle",), pooled, 0)
+    with pytest.raises(ValueError, match="takes one ratio > 0"):
+        make_transform(("useless_coordinates", -1), pooled, 0)
+    with pytest.raises(ValueError, match="transform must be None or a tuple"):
+        make_transform("permuted_positions", pooled, 0)
+    # A pooled vector takes useless coordinates: features appended.
+    t = make_transform(("useless_coordinates", 0.5), pooled, 0)
+    assert t(torch.ones(4, pooled.channels)).shape == (4, pooled.channels + round(0.5 * pooled.channels))
+
+
+def test_permuting_a_vits_tokens_leaves_its_class_token_where_the_head_reads_it():
+    from stitchlib.stitching import make_transform
+    vit = stitchlib.build_model("vit", seed=0, width=0.0625, depth=2)
+    cut = [c for c in cut_points(vit) if c.kind == "tokens"][0]
+    h = torch.arange(2 * 65 * 3, dtype=torch.float32).reshape(2, 65, 3)  # a class token and 64 patches
+    moved = make_transform(("permuted_positions",), cut, seed=0, model=vit)(h)
+    assert torch.equal(moved[:, 0], h[:, 0]) and not torch.equal(moved[:, 1:], h[:, 1:])
+    assert torch.equal(moved[:, 1:].sort(1).values, h[:, 1:].sort(1).values)
+    # Without the model, nothing says which token is the class token: all move.
+    assert not torch.equal(make_transform(("permuted_positions",), cut, seed=0)(h)[:, 0], h[:, 0])

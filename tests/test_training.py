@@ -98,18 +98,25 @@ def test_learning_rate_schedules(schedule, expected):
     assert opt.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
 
 
-@pytest.mark.parametrize("arch,width", [("resnet18", 0.0625), ("myrtle", 0.125)])
-def test_frozen_stages_stay_bit_identical_while_the_rest_trains(cifar, arch, width):
+@pytest.mark.parametrize("arch,width,frozen_top", [("resnet18", 0.0625, 0), ("myrtle", 0.125, 0),
+                                                   ("resnet18", 0.0625, 3), ("myrtle", 0.125, 2)])
+def test_frozen_stages_stay_bit_identical_while_the_rest_trains(cifar, arch, width, frozen_top):
     from stitchlib.models import spine
 
     train = D.subset(cifar.train, 512, seed=0)
     m = stitchlib.build_model(arch, seed=0, width=width)
     before = {k: v.clone() for k, v in m.state_dict().items()}
     frozen = 2
-    frozen_keys = {f"{name}.{k}" for name, mod in m.named_modules() if mod in spine(m)[:frozen]
+    stages = spine(m)
+    held = stages[:frozen] + (stages[len(stages) - frozen_top:] if frozen_top else [])
+    frozen_keys = {f"{name}.{k}" for name, mod in m.named_modules() if any(mod is h for h in held)
                    for k in mod.state_dict()}
     assert frozen_keys
-    train_model(m, train, cifar.mean, cifar.std, Recipe(epochs=1), frozen=frozen, device="cpu")
+    # The classifier is among the frozen top layers (Appendix B.4 freezes the top's last layers).
+    assert bool(frozen_top) == any(k.startswith(next(n for n, mod in m.named_modules() if mod is stages[-1]))
+                                   for k in frozen_keys)
+    train_model(m, train, cifar.mean, cifar.std, Recipe(epochs=1), frozen=frozen, frozen_top=frozen_top,
+                device="cpu")
     after = m.state_dict()
     # Weights and BatchNorm statistics of the frozen stages: untouched. Everything else moved.
     assert all(torch.equal(before[k], after[k]) for k in frozen_keys)
@@ -122,7 +129,12 @@ def test_bad_frozen_counts(cifar):
     train = D.subset(cifar.train, 256, seed=0)
     m = stitchlib.build_model("resnet18", seed=0, width=0.0625)
     n = len(stitchlib.cut_points(m)) + 1  # stages: one per cut, plus the head
-    with pytest.raises(ValueError, match=rf"frozen={n}, but the model has {n} stages.*valid: 0 to {n - 1}"):
+    with pytest.raises(ValueError, match=rf"frozen={n} and frozen_top=0, but the model has {n} stages.*valid: "
+                                         rf"frozen \+ frozen_top from 0 to {n - 1}"):
         train_model(m, train, cifar.mean, cifar.std, Recipe(epochs=1), frozen=n, device="cpu")
+    with pytest.raises(ValueError, match=rf"frozen=2 and frozen_top={n - 2}, but .* at least one must train"):
+        train_model(m, train, cifar.mean, cifar.std, Recipe(epochs=1), frozen=2, frozen_top=n - 2, device="cpu")
+    with pytest.raises(ValueError, match="frozen_top must be a number of stages >= 0"):
+        train_model(m, train, cifar.mean, cifar.std, Recipe(epochs=1), frozen_top=True, device="cpu")
     with pytest.raises(ValueError, match="frozen must be a number of stages >= 0"):
         train_model(m, train, cifar.mean, cifar.std, Recipe(epochs=1), frozen=-1, device="cpu")

@@ -129,7 +129,10 @@ are stitched into it at every cut point. The penalty is the stitched model's tes
 in points, shown at the least-squares initialisation (direct matching) and after training the
 stitcher. The paper trained its ViT on CIFAR-5m, which is not available here: ours is trained on
 CIFAR-10. The two disjoint-halves models get as many SGD steps as the others (the paper's recipe
-counts steps), so twice the epochs; each seed pair draws its own halves.
+counts steps), so twice the epochs; each seed pair draws its own halves. The Myrtle CNN is built
+as the paper's text reads ("four Conv-BatchNorm-ReLU-MaxPool layers": every layer pools); Page's
+own network does not pool after its first layer, which `architectures: {myrtle: {pool_first:
+false}}` builds instead.
 
 Beside Fig. 5, the first ResNet-18 seed pair (at width 1 where the run has it) gets CKA between
 **every pair of cuts** (`cka_layers`, the layer-by-layer heatmap of Kornblith et al. 2019; its
@@ -163,7 +166,8 @@ the artifact store; the SSS model has a seed of its own.
 
 **ImageNet.** Runs when you give `imagenet_dir` (the validation set as `<dir>/<class>/<image>`) and
 the weights are in `data/weights/` (or `$STITCHLIB_WEIGHTS`; online they download by themselves):
-torchvision's supervised ResNet-50, VISSL's SimCLR and SwAV, DINO's ResNet-50. Otherwise the notebook
+torchvision's supervised ResNet-50, VISSL's SimCLR and SwAV, DINO's ResNet-50, and beside them an
+untrained ResNet-50 from `imagenet_random_seed`, Fig. 2B's random control. Otherwise the notebook
 says what is missing and where it goes, and shows the CIFAR-10 part. On a CPU keep
 `imagenet_samples` small: every cut runs ResNet-50 at 224 × 224.
 """
@@ -177,6 +181,9 @@ SSL_STATISTICS = """
 - (b) the seed pair's mean CKA over the cuts exceeds SSS-E2E's.
 - (c) ImageNet, when it runs: each self-supervised ResNet-50's penalty at every cut is at most 5
   points (one network each: a test-set interval only).
+- (d) ImageNet's random control (Fig. 2B): an untrained ResNet-50 (`imagenet_random_seed`) stitched
+  the same way is not stitching-connected: its mean penalty over the later half of the cuts is
+  above 3 points.
 """
 
 LABEL_NOISE_HEADER = """
@@ -229,7 +236,12 @@ For each seed pair:
   as the `fewer_samples` bottom, stays within `freeze_max_penalty` (stitching at a cut tests the
   whole bottom up to it, so only a prefix can be frozen) is copied from the pair's model and frozen;
   the rest trains from scratch on all 50K training images, beside a network trained normally on
-  them for the same number of steps. (The paper also froze three top layers chosen the reverse way.)
+  them for the same number of steps. The paper also froze top layers ({8, 9, 11}) chosen by the
+  opposite experiment ("a top model with 5K and bottom with 50K"): that normally trained network
+  stitched into the `fewer_samples` model as the top (the **samples, reversed** pair). Stitching
+  at a cut keeps the top's whole part above it, so only
+  a suffix can be frozen: the stages above the shallowest cut from which on every mean penalty is
+  within `freeze_max_penalty`. A third run freezes that prefix and those top layers together.
 
 Run: `papermill 04_more_is_better.ipynb out.ipynb -p samples 25000` from `notebooks/` (any working
 directory works: give the notebook's path).
@@ -241,8 +253,9 @@ MORE_STATISTICS = """
 - (b) a narrower bottom does not help: its mean penalty over the later half is at least 0.
 - (c) early layers converge first: for the earliest checkpoint, the mean penalty over the later
   half minus that over the first half is above 0.
-- (d) freeze training ends within 3 points of normal training (Appendix B.4; Section 6 says 2).
-  When no stage is near zero, the prediction cannot be tested and the verdict is inconclusive.
+- (d) freeze training ends within 3 points of normal training (Appendix B.4; Section 6 says 2),
+  for the bottom prefix alone and for the prefix with the top layers (the paper's run). When no
+  stage is near zero, the prediction cannot be tested and the verdict is inconclusive.
 """
 
 ABLATIONS_HEADER = """
@@ -258,11 +271,24 @@ re-initialising and training the top layers above a frozen *random* bottom recov
 trained network's accuracy, while stitching that random bottom into a trained top (only the
 stitcher trains) does not.
 
+**Section 3's two arguments, measured.** *Useless coordinates*: `useless_ratio` times the
+representation's channels of Gaussian noise (at its root mean square) appended to the bottom's
+representation at every cut: CKA falls, but the stitcher can throw them away. *Permuted
+positions*: one fixed random permutation of the bottom's spatial positions, the same for every
+image: an orthogonal map of the flattened features, so CKA does not move, but a 1 × 1 stitcher
+cannot put the pixels back. The pooled vector has no positions: that cut is skipped. Each against
+the same pair unchanged.
+
 **What the paper could not show.** The original code let the frozen networks' BatchNorm statistics
 drift during stitcher training (`bn_policy="drift"`); here they stay in eval mode. Both are
-measured on the same pairs. The stitcher starts from a least-squares fit by default; a random
-start is measured beside it. **Table 1** of the paper (CKA vs stitching) is rebuilt with our numbers
-from the stored results of `01`-`04` (computed now if absent).
+measured on the same pairs, and on the random control: a fresh network's running statistics
+(what `01` uses) against the batch statistics the authors' random network ran on. The stitcher
+starts from a least-squares fit by default; a random start is measured beside it, and the
+**stitcher convergence** panel (first seed pair) trains both starts for `convergence_steps` and
+the profile's own length, to show where the penalty stops moving. (The authors trained each
+stitcher for 120K steps; the paper profile keeps 10 epochs, 3,900 steps, and its convergence
+panel measures up to 120K.) **Table 1** of the paper (CKA vs stitching) is rebuilt with our
+numbers from the stored results of `01`-`04` (computed now if absent).
 
 For each seed pair, the ResNet-18 pair is `01`'s pair at `width`, and the ResNet-164-family top
 (ResNet-11 at smoke) and random bottom are `01`'s too, all from the artifact store.
@@ -276,7 +302,19 @@ ABLATIONS_STATISTICS = """
   pooled cut fine-tuning trains only the final BatchNorm and the classifier, a linear probe like
   the stitch; the mean includes them, as the paper's figure does.)
 
-The BatchNorm policy and the initialisation are measured, not judged: the paper makes no claim.
+- (c) useless coordinates lower CKA: the mean CKA over the cuts with them minus without is below 0;
+  but stitching throws them away: the mean penalty with them minus without is at most 3 points.
+  (CKA here is the profile's estimator. With the biased one on few images a layer's own Gram
+  matrix can be close to diagonal, and the noise, which adds about a multiple of the centring
+  matrix, can then raise CKA: the paper's intuition is not guaranteed at every cut.)
+- (d) permuting positions leaves CKA unchanged: the mean CKA over the feature-map cuts, permuted
+  minus not, lies within ±1e-6 (zero up to float64 rounding); but stitching pays: the mean penalty,
+  permuted minus not, is above 0.
+- (e) the random control is not stitching-connected whichever BatchNorm statistics it runs on: its
+  mean penalty over the later half of the cuts is above 3 points, for each mode.
+
+The BatchNorm policy, the initialisation and the stitcher's convergence are measured, not judged:
+the paper makes no claim.
 """
 
 
@@ -328,9 +366,12 @@ if __name__ == "__main__":
     write_readme()
     notebook("01_connectivity", "connectivity", CONNECTIVITY_HEADER, ["close", "random_early", "random_late"],
              CONNECTIVITY_STATISTICS)
-    notebook("02_ssl_vs_e2e", "ssl_vs_e2e", SSL_HEADER, ["ssl_cifar", "cka_ssl", "ssl_imagenet"], SSL_STATISTICS)
+    notebook("02_ssl_vs_e2e", "ssl_vs_e2e", SSL_HEADER, ["ssl_cifar", "cka_ssl", "ssl_imagenet", "random_late"],
+             SSL_STATISTICS)
     notebook("03_label_noise", "label_noise", LABEL_NOISE_HEADER, ["label_early"], LABEL_NOISE_STATISTICS)
     notebook("04_more_is_better", "more_is_better", MORE_HEADER, ["better", "training_time", "freeze", "freeze_main"],
              MORE_STATISTICS)
-    notebook("05_ablations", "ablations", ABLATIONS_HEADER, ["kernel", "finetune"], ABLATIONS_STATISTICS,
+    notebook("05_ablations", "ablations", ABLATIONS_HEADER, ["kernel", "finetune", "useless_cka", "useless_stitch",
+                                                             "permuted_cka", "permuted_stitch", "random_late"],
+             ABLATIONS_STATISTICS,
              extra=["stitchlib.claims.table1(results).set_index(\"method\").T  # Table 1 with our numbers (table1.csv)"])

@@ -26,7 +26,7 @@ import pandas as pd
 from .. import claims as C
 from .. import plotting
 from .core import (EXPERIMENTS, Experiment, Plan, Results, Setup, Splits, compare, derived_seed, finish, machine,
-                   models_frame, pair_columns, register, row_of, run_plan, setup)
+                   models_frame, pair_columns, register, row_of, run_plan, setup, stitch_steps)
 from .connectivity import family_name
 from .params import Common, check_architecture, check_width, param
 from .tasks import FrozenPrefix, RandomModel, TrainedModel, architecture_info
@@ -45,6 +45,16 @@ class AblationParams(Common):
     finetune_epochs: float = param("epochs of training for the re-initialised top layers above each cut", 4.0, 164.0,
                                    fast=1.0)
     random_seed: int = param("seed of the untrained random-network control (plus the pair's index)", 100)
+    # Section 3: "concatenating 1000 'useless' coordinates, with random gaussian features" to a
+    # representation. Here a multiple of the representation's channels, at every position, so
+    # that the noise is comparable at every cut and width.
+    useless_ratio: float = param("Gaussian 'useless' channels appended per channel of the bottom's representation "
+                                 "(Section 3's argument; at the same root mean square as the representation)", 1.0)
+    # The authors trained each stitcher for 120K steps of batch 128; the convergence panel shows
+    # where the penalty stops moving (first seed pair; least-squares and random starts).
+    convergence_steps: list = param("stitcher steps of the convergence panel (first seed pair), beside the profile's "
+                                    "own stitcher length (stitch_epochs), which it always includes", [4, 64],
+                                    [500, 16000, 120000], fast=[10, 160, 640], items=int)
 
     def check(self) -> None:
         super().check()
@@ -57,6 +67,12 @@ class AblationParams(Common):
                            "finetune_arch (the ResNet-164 family)")
         if not self.finetune_epochs > 0:
             raise ValueError(f"finetune_epochs must be > 0, got {self.finetune_epochs!r}")
+        if not self.useless_ratio > 0:
+            raise ValueError(f"useless_ratio must be > 0 (appended channels per channel), got {self.useless_ratio!r}")
+        if not self.convergence_steps or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0
+                                                 for n in self.convergence_steps):
+            raise ValueError("convergence_steps must list stitcher step counts > 0 (ints), got "
+                             f"{self.convergence_steps!r}")
 
 
 def plan(p: AblationParams, profile: str, uses: dict) -> Plan:
@@ -88,7 +104,42 @@ def plan(p: AblationParams, profile: str, uses: dict) -> Plan:
                                                              **cols, **machine("init", "trained", "trained")),
                                 **options)
                         for label, options in (("least squares (default)", {}), ("random", {"init": "random"}))]
+        # Section 3's arguments, measured: useless Gaussian coordinates appended to the bottom's
+        # representation (CKA falls, stitching throws them away) and its spatial positions
+        # permuted (CKA is unchanged, a 1 x 1 stitcher cannot undo it). Beside each, the same
+        # pair unchanged (the kernel panel's k = 1 comparison: one stitch in the store).
+        for panel_id, panel, label, transform in (
+                ("useless_coordinates", "useless coordinates",
+                 f"+ {p.useless_ratio:g} x channels of Gaussian noise", ("useless_coordinates", p.useless_ratio)),
+                ("permuted_positions", "permuted positions", "spatial positions permuted", ("permuted_positions",))):
+            comparisons += [compare(p, splits, top, bottom, dict(panel=panel, pair=name, value=math.nan, **cols,
+                                                                 **machine(panel_id, "trained", role)), **options)
+                            for name, role, options in (("unchanged", "trained", {}),
+                                                        (label, "transformed", {"transform": transform}))]
         random_seed = p.random_seed + i
+        # The random control's BatchNorm: a fresh network's running statistics (eval mode, what 01
+        # uses) against batch statistics, as the authors' code ran it (the whole stitched model in
+        # train mode while the stitcher trained; `bn_policy="drift"`).
+        random_bottom = RandomModel(f"ResNet-18 random {random_seed}", p.arch, p.width, random_seed,
+                                    splits.train.num_classes)
+        comparisons += [compare(p, splits, top, random_bottom, dict(panel="random control's BatchNorm", pair=label,
+                                                                    value=math.nan,
+                                                                    **pair_columns(i, top_seed, random_seed),
+                                                                    **machine("random_bn", "trained", "random")),
+                                **options)
+                        for label, options in (("running statistics (eval mode, as 01)", {}),
+                                               ("batch statistics (train mode, as the authors' code)",
+                                                {"bn_policy": "drift"}))]
+        if i == 0:
+            # Stitcher convergence: penalty against steps, from a least-squares and a random start.
+            default = stitch_steps(p, top)
+            comparisons += [compare(p, splits, top, bottom, dict(panel="stitcher convergence", pair=init_label,
+                                                                 value=float(n), **cols,
+                                                                 **machine("convergence", "trained", "trained")),
+                                    **({} if n == default else {"steps": n}), **init_options)
+                            for init_label, init_options in (("least-squares start", {}),
+                                                             ("random start", {"init": "random"}))
+                            for n in sorted(set(p.convergence_steps) | {default})]
         ft_top = TrainedModel(f"{family} seed {top_seed}", "preact_resnet", ft_width, top_seed, splits.train,
                               splits.test, p.recipe("preact_resnet", p.epochs),
                               ft_options)
@@ -151,5 +202,6 @@ def table1_sources(s: Setup, others: dict[str, Setup] | None = None) -> dict[str
 EXPERIMENT = register(Experiment(
     "ablations", "05_ablations", "Ablations and Table 1 (Figs. 4, 8)", AblationParams, plan, run,
     C.ablation_claims, plotting.ablation_figures, uses=TABLE1_SOURCES,
-    columns=dict(panel_id={"kernel_size", "bn_policy", "init", "finetune"}, top_role={"trained"},
-                 bottom_role={"trained", "random"}, comparison={"stitch", "finetune"})))
+    columns=dict(panel_id={"kernel_size", "bn_policy", "init", "finetune", "useless_coordinates", "permuted_positions",
+                           "random_bn", "convergence"}, top_role={"trained"},
+                 bottom_role={"trained", "random", "transformed"}, comparison={"stitch", "finetune"})))

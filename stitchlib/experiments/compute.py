@@ -21,7 +21,7 @@ from ..models import build_model, cut_points, spine
 from ..precision import autocast
 from ..similarity import CKAAccumulator, CKAMatrix as CKAMatrixAccumulator
 from ..ssl import train_simclr
-from ..stitching import stitch
+from ..stitching import make_transform, stitch
 from ..store import Store
 from ..training import misclassified, percent, train_model
 from .tasks import CKA, Checkpoint, CKAMatrix, RandomModel, SplitRef, Stitch, Task, TrainedModel
@@ -94,15 +94,15 @@ class KeyContext:
             key = None if run is None else f"{run}@epoch{float(task.epoch):g}"
         elif self.identity is not None and isinstance(task, (TrainedModel, Stitch, CKA)):
             deps = [self.key(d) for d in task.deps()]
-            if None not in deps and not (isinstance(task, TrainedModel) and task.frozen is not None
-                                         and task.frozen.stages is None):
+            if None not in deps and not (isinstance(task, TrainedModel)
+                                         and any(f.stages is None for f in task.freezing())):
                 key = self.store.key(task.kind, self.config(task, deps))
         self._keys[task] = key
         return key
 
     def config(self, task: Task, dep_keys: list) -> dict:
         if isinstance(task, TrainedModel):
-            config = task.config(self.identity, self.device, self.in_channels, dep_keys[0] if dep_keys else None)
+            config = task.config(self.identity, self.device, self.in_channels, dep_keys)
         elif isinstance(task, Stitch):
             config = task.config(self.identity, self.device, top_key=dep_keys[0], bottom_key=dep_keys[1])
         else:
@@ -189,13 +189,12 @@ class Runner:
     def _trained(self, task: TrainedModel, progress: bool):
         ds, device = self.dataset, self.device
         train_split, test_split = self.split(task.train), self.split(task.test)
-        frozen = None
-        if task.frozen is not None:
-            if task.frozen.stages is None:
-                raise ValueError(f"{task.label}: the frozen prefix must be decided before the model is trained")
-            frozen = (*self.model(task.frozen.source), task.frozen.stages)
-        source_key = frozen[1]["key"] if frozen else None
-        config = self.keys.config(task, [source_key] if frozen else [])
+        if any(f.stages is None for f in task.freezing()):
+            raise ValueError(f"{task.label}: the frozen stages must be decided before the model is trained")
+        # (source model, its record, stages) of the frozen prefix and of the frozen top layers.
+        frozen, frozen_top = ((*self.model(f.source), f.stages) if f is not None else None
+                              for f in (task.frozen, task.frozen_top))
+        config = self.keys.config(task, [f[1]["key"] for f in (frozen, frozen_top) if f is not None])
         recipe, checkpoints = task.recipe, task.checkpoints
 
         def evaluate(state_dict):
@@ -207,10 +206,15 @@ class Runner:
 
         def compute():
             model = self._build(task)
-            n_frozen = 0
+            n_frozen = n_frozen_top = 0
             if frozen is not None:
                 source, _, n_frozen = frozen
                 for mine, theirs in zip(spine(model)[:n_frozen], spine(source)[:n_frozen]):
+                    mine.load_state_dict(theirs.state_dict())
+            if frozen_top is not None:
+                source, _, n_frozen_top = frozen_top
+                for mine, theirs in zip(spine(model)[len(spine(model)) - n_frozen_top:],
+                                        spine(source)[len(spine(source)) - n_frozen_top:]):
                     mine.load_state_dict(theirs.state_dict())
             start = time.perf_counter()
             if task.simclr_epochs is not None:
@@ -220,9 +224,10 @@ class Runner:
             # The same run without checkpoints may be stored already (01's base models are 04's
             # training-time run): its end is then known, and only the early part needs training.
             known_end = (self.store.load("model", self.keys.config(task.plain(), []))
-                         if checkpoints and frozen is None and task.simclr_epochs is None and recipe.steps is None
+                         if checkpoints and not task.freezing() and task.simclr_epochs is None and recipe.steps is None
                          and all(0 < c <= recipe.epochs for c in checkpoints) else None)
-            kw = dict(seed=task.seed, device=device, frozen=n_frozen, progress=progress, precision=precision,
+            kw = dict(seed=task.seed, device=device, frozen=n_frozen, frozen_top=n_frozen_top, progress=progress,
+                      precision=precision,
                       compile=self.numerics.compile, desc=f"{task.arch} w={task.width} seed={task.seed}")
             if known_end is None:
                 saved = train_model(model, train_split, ds.mean, ds.std, recipe, checkpoints=tuple(checkpoints), **kw)
@@ -279,7 +284,8 @@ class Runner:
     def cka(self, task: CKA) -> list[float]:
         (a, rec_a), (b, rec_b) = self.model(task.a), self.model(task.b)
         return cka_all_cuts(self.store, self.dataset, self.device, a, rec_a, b, rec_b, self.split(task.images),
-                            task.estimator, task.batch_size, numerics=self.numerics)
+                            task.estimator, task.batch_size, numerics=self.numerics, transform=task.transform,
+                            seed=task.seed)
 
 
     def cka_matrix(self, task: CKAMatrix) -> dict:
@@ -301,8 +307,11 @@ def stitch_all_cuts(store: Store, dataset, device, bottom, bottom_rec, top, top_
 
     def compute():
         cuts = cut_points(top)
-        # A k x k kernel needs a feature map: pooled vectors only take the linear stitcher.
-        usable = [c.index for c in cuts if stitch_kw.get("kernel_size", 1) == 1 or c.kind == "map"]
+        # A k x k kernel needs a feature map: pooled vectors only take the linear stitcher. Nor has a
+        # pooled vector spatial positions to permute: such cuts are skipped (their rows stay empty).
+        positions = (stitch_kw.get("transform") or [None])[0] == "permuted_positions"
+        usable = [c.index for c in cuts if (stitch_kw.get("kernel_size", 1) == 1 or c.kind == "map")
+                  and not (positions and c.kind == "vector")]
         if bar is not None:
             bar.set_postfix_str(f"stitch {label} at {len(usable)} cuts")
         # Every cut in one pass over the data: the bottom runs once per batch for all of them.
@@ -324,25 +333,34 @@ def stitch_all_cuts(store: Store, dataset, device, bottom, bottom_rec, top, top_
 
 @torch.no_grad()
 def cka_all_cuts(store: Store, dataset, device, model_a, rec_a, model_b, rec_b, images: data_mod.Split,
-                 estimator: str, batch_size: int = 250, *, numerics: Numerics) -> list[float]:
+                 estimator: str, batch_size: int = 250, *, numerics: Numerics, transform: tuple | None = None,
+                 seed: int = 0) -> list[float]:
     """Linear CKA between A and B at every cut point, in one pass over `images` (cached), with
-    `numerics`: the forward passes at its precision, CKA itself in float64."""
+    `numerics`: the forward passes at its precision, CKA itself in float64. `transform` changes
+    B's representation at each cut first (`stitching.Transform`, seeded as the stitcher's is); a
+    cut it cannot take (positions of a pooled vector) gets NaN."""
     config = dict(a=rec_a["key"], b=rec_b["key"], data=dataset.identity, images=[list(s) for s in images.recipe],
                   estimator=estimator, batch_size=batch_size, **placement(device.type, numerics))
+    if transform is not None:
+        config.update(transform=list(transform), seed=seed)
 
     def compute():
         cuts = cut_points(model_a)
+        skipped = {c.index for c in cut_points(model_b)
+                   if transform is not None and transform[0] == "permuted_positions" and c.kind == "vector"}
+        changes = [torch.nn.Identity() if c.index in skipped else make_transform(transform, c, seed, model_b)
+                   for c in cut_points(model_b)]
         accs = [CKAAccumulator(estimator) for _ in cuts]
         loader = data_mod.DeviceLoader(images, dataset.mean, dataset.std, batch_size=batch_size, device=device)
         stages_a, stages_b = spine(model_a), spine(model_b)
         for x, _ in loader:
             ha, hb = x, x
-            for stage_a, stage_b, acc in zip(stages_a, stages_b, accs):
+            for stage_a, stage_b, change, acc in zip(stages_a, stages_b, changes, accs):
                 # Walk both spines stage by stage: every cut's features from a single forward pass.
                 with autocast(device, numerics.precision):
                     ha, hb = stage_a(ha), stage_b(hb)
-                acc.update(ha, hb)
-        return {"cka": [acc.value() for acc in accs]}
+                acc.update(ha, change(hb))
+        return {"cka": [math.nan if i in skipped else acc.value() for i, acc in enumerate(accs)]}
 
     return store.cached("cka", config, threaded(numerics.threads, compute))["cka"]
 

@@ -27,6 +27,8 @@ FAMILY_NAMES = {"resnet18": "ResNet-18", "myrtle": "Myrtle CNN", "vit": "ViT"}
 def family_name(arch: str, options: dict) -> str:
     if arch == "preact_resnet":
         return f"ResNet-{options.get('depth', 164)}"
+    if arch == "myrtle" and options.get("pool_first") is False:
+        return "Myrtle CNN (Page's: no pooling after layer 1)"
     return FAMILY_NAMES.get(arch, arch)
 
 
@@ -41,7 +43,9 @@ class ConnectivityParams(Common):
     # ResNet-164; the Myrtle CNN for 80K steps (205 epochs); the paper's ViT (trained on CIFAR-5m
     # there, on CIFAR-10 here). fast: the same models on the base epochs, the ViT (ten times a
     # ResNet-18's FLOPs) on 4.
-    architectures: dict = param("other panels: {arch: {width, depth, epochs}} for preact_resnet, myrtle, vit",
+    architectures: dict = param("other panels: {arch: {width, depth, epochs}} for preact_resnet, myrtle, vit; "
+                                "myrtle also takes pool_first (true: the paper's text, every layer pools; false: "
+                                "Page's network, no pooling after the first layer)",
                                 {"preact_resnet": {"width": 0.25, "depth": 11}, "myrtle": {"width": 0.25}},
                                 {"preact_resnet": {"width": 1.0, "depth": 164}, "myrtle": {"width": 1.0, "epochs": 205.0},
                                  "vit": {"width": 1.0, "depth": 12}},
@@ -57,7 +61,7 @@ class ConnectivityParams(Common):
             raise ValueError(f"disjoint=True trains on halves of train_samples={self.train_samples}: each half needs "
                              f"at least one batch of {self.batch_size} images, so train_samples >= {2 * self.batch_size}")
         for arch, opts in self.architectures.items():
-            check_architecture(arch, opts, ("width", "depth", "epochs"),
+            check_architecture(arch, opts, ("width", "depth", "epochs", "pool_first"),
                                f"architectures[{arch!r}]" if arch in ARCHITECTURES else "architectures")
 
 
@@ -82,6 +86,8 @@ def _families(p: ConnectivityParams, splits: Splits) -> list[_Family]:
     for arch, opts in p.architectures.items():
         opts = dict(opts)
         width, epochs = opts.pop("width", 1.0), opts.pop("epochs", p.epochs)
+        if opts.get("pool_first") is True:  # the default, said out loud: the same model, one store key
+            del opts["pool_first"]
         out.append(_Family(family_name(arch, opts), arch, width, tuple(sorted(opts.items())), epochs, "seeds", same))
     if p.disjoint:
         # Section 4: "a similar result holds for networks trained on disjoint train sets".
@@ -141,7 +147,7 @@ def run(s: Setup):
                                  seed_a=matrix_task.a.seed, seed_b=matrix_task.b.seed, cut_index_a=i, cut_a=name_a,
                                  cut_index_b=j, cut_b=name_b, cka=float(matrix["cka"][i, j]))
                             for i, name_a in enumerate(matrix["cuts_a"]) for j, name_b in enumerate(matrix["cuts_b"])])
-    write_csv(heatmap, s.figures / "01_cka_matrix.csv")
+    write_csv(heatmap, s.figures / "01_cka_matrix.csv", record=s)
     # Each panel's seed pairs, top then bottom, in the order the panels run.
     rows = [dict(family=c.columns["family"], width=m.width, seed=m.seed, test_error=s.runner.model(m)[1]["test_error"])
             for c in s.plan.comparisons if c.columns["bottom"] == "trained" for m in (c.top, c.bottom)]

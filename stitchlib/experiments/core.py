@@ -23,10 +23,11 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import data as data_mod
+from .. import record as record_mod
 from ..models import cut_points
 from ..precision import check_precision
 from ..store import Store
-from ..tables import write_csv
+from ..tables import with_profile, write_csv
 from ..training import Recipe, device_name, resolve_device
 from .compute import KeyContext, Runner
 from .executors import Executor, Where, cpu_count, jobs, make_executor, makespan
@@ -172,8 +173,8 @@ class Plan:
 
 def _kind(task: Task) -> str:
     if isinstance(task, TrainedModel):
-        if task.frozen is not None:
-            return "train (frozen prefix)"
+        if task.freezing():
+            return "train (frozen stages)"
         return "train (SimCLR + probe)" if task.simclr_epochs is not None else "train"
     return {RandomModel: "random network", Checkpoint: "checkpoint", Stitch: "stitch (all cuts)",
             CKA: "CKA (all cuts)", CKAMatrix: "CKA (every pair of cuts)",
@@ -258,6 +259,7 @@ class Setup:
     plan: Plan = None
     runner: Runner = None
     executor: Executor = None
+    started: str = field(default_factory=record_mod.now)  # ISO 8601 UTC: the run's start, in its records
 
     def __getitem__(self, key):
         return self.params[key]
@@ -280,8 +282,12 @@ class Setup:
     def describe(self) -> None:
         """Print what will run: profile, device, data identity, store, parameters, the plan's size."""
         ident = self.dataset.identity
-        print(f"experiment {self.experiment} | profile {self.profile} | device {self.device.type} "
+        git = record_mod.git_state()
+        print(f"experiment {self.experiment} | profile {self.profile} | device {self.device} "
               f"({device_name(self.device)})")
+        print(f"code       stitchlib {record_mod.environment()['code_version']}, git "
+              f"{git['commit'][:12] + (' (modified)' if git['dirty'] else '') if git['commit'] else 'none'}; "
+              f"started {self.started}")
         print(f"seeds      {len(self['seeds']) // 2} pairs (top, bottom): {self.p.seed_pairs()}; "
               f"intervals at {self['confidence']:.0%}")
         print(f"data       {ident['name']} from {ident['source']} (sha256 {ident['sha256'][:12]}...)")
@@ -389,6 +395,13 @@ def stitch_images(p: Common, top_train: SplitRef) -> SplitRef:
     return top_train.subset(min(p.stitch_samples, top_train.size), 1)
 
 
+def stitch_steps(p: Common, top: Task) -> int:
+    """The stitcher's steps at the profile's length: `stitch_epochs` over its training images, in
+    full batches of `stitching.stitch`'s default 128 (its loader drops the last partial one)."""
+    images = stitch_images(p, top.train if isinstance(top, TrainedModel) else top.run.train).size
+    return max(1, math.ceil(p.stitch_epochs * (images // 128)))
+
+
 def stitch_settings(p: Common, **options) -> tuple:
     settings = dict(epochs=float(p.stitch_epochs), lr=p.stitch_lr, ls_samples=p.ls_samples)
     settings.update(options)  # a k x k stitcher brings its own lr
@@ -406,10 +419,13 @@ def machine(panel_id: str, top_role: str, bottom_role: str, comparison: str = "s
 
 
 def compare(p: Common, splits: Splits, top: Task, bottom: Task, columns: dict, *, stitch: bool = True,
-            **options) -> Comparison:
+            transform: tuple | None = None, **options) -> Comparison:
     """Stitch `bottom` into `top` (on images drawn from the top's training images) and take their
     CKA. `columns` carry the machine columns (`machine`) and the labels; `options` go to the
-    stitcher (kernel_size, bn_policy, init, lr)."""
+    stitcher (kernel_size, bn_policy, init, lr, steps); `transform` changes the bottom's
+    representation for both the stitcher and CKA (`stitchlib.stitching.Transform`)."""
+    if transform is not None:
+        options["transform"] = tuple(transform)
     missing = set(MACHINE_COLUMNS) - set(columns)
     if missing:
         raise ValueError(f"a comparison's columns lack the machine columns {sorted(missing)}")
@@ -421,7 +437,10 @@ def compare(p: Common, splits: Splits, top: Task, bottom: Task, columns: dict, *
         st = Stitch(label, top, bottom, train, splits.test, stitch_settings(p, **options))
     else:
         st = None
-    return Comparison(top, bottom, columns, st, CKA(f"CKA {label}", top, bottom, splits.cka, p.cka_estimator))
+    # CKA's transform draws as the stitcher's does: from the stitcher's seed (stitching.stitch's 0).
+    return Comparison(top, bottom, columns, st, CKA(f"CKA {label}", top, bottom, splits.cka, p.cka_estimator,
+                                                    transform=None if transform is None else tuple(transform),
+                                                    seed=options.get("seed", 0) if transform is not None else 0))
 
 
 def units(plan: Plan) -> int:
@@ -507,15 +526,20 @@ class Results:
 
 
 def models_frame(s: Setup) -> pd.DataFrame:
-    """The base models of the comparisons: name, width, test error."""
+    """The base models of the comparisons: name, width, seed, test error."""
     # By label: one artifact may serve under two names (04's top is also its width panel's model).
     models = {t.label: t for c in s.plan.comparisons for t in (c.top, c.bottom)}
-    return pd.DataFrame([dict(model=label, width=m.width, test_error=s.runner.model(m)[1].get("test_error", math.nan))
+    return pd.DataFrame([dict(model=label, width=m.width,
+                              seed=getattr(m.run if isinstance(m, Checkpoint) else m, "seed", None),
+                              test_error=s.runner.model(m)[1].get("test_error", math.nan))
                          for label, m in models.items()])
 
 
 def finish(s: Setup, table: pd.DataFrame, models: pd.DataFrame, **kw) -> Results:
-    write_csv(table, s.figures / f"{EXPERIMENTS[s.experiment].notebook}.csv")
+    """The experiment's results: its rows and base models carry the run's profile (first column) as
+    well as their seeds; the rows go to <notebook>.csv with its record beside it."""
+    table, models = with_profile(table, s.profile), with_profile(models, s.profile)
+    write_csv(table, s.figures / f"{EXPERIMENTS[s.experiment].notebook}.csv", record=s)
     return Results(table, models, s, **kw)
 
 

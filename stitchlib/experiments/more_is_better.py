@@ -10,11 +10,17 @@ CKA for each (Fig. 7); freeze training (Fig. 9). Every panel runs for each seed 
   checkpoint stitched into the `top_epoch` checkpoint of the same run, as in the paper.
 - width: bottoms of each width in `widths` into the `width` top, and the `width` bottom into tops
   of each width (the reverse direction). CKA also between the narrowest and widest.
-- freeze training: the longest prefix of stages whose mean penalty over the seed pairs, as the
-  fewer-samples bottom, is <= freeze_max_penalty at every cut. For each pair, that prefix of the
-  pair's fewer-samples model is copied and frozen while the rest trains from scratch (top seed)
-  on the whole training split, beside a model trained normally on it for the same number of
-  steps. Test error at 8 points of each run.
+- freeze training (Appendix B.4): the longest prefix of stages whose mean penalty over the seed
+  pairs, as the fewer-samples bottom, is <= freeze_max_penalty at every cut. For each pair, that
+  prefix of the pair's fewer-samples model is copied and frozen while the rest trains from
+  scratch (top seed) on the whole training split, beside a model trained normally on it for the
+  same number of steps. The paper also freezes top layers, chosen by "the opposite" experiment:
+  that normally trained network (all training images) stitched into the fewer-samples model as
+  the top. Stitching at a cut
+  keeps the top's whole part above it, so only a suffix can be frozen: the stages above the
+  shallowest cut from which on every mean penalty is <= freeze_max_penalty (the paper's
+  {8, 9, 11} is not contiguous; a suffix is what a stitch at one cut tests). A third run freezes
+  both, from the same fewer-samples model. Test error at 8 points of each run.
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ from ..training import Recipe
 from .core import (Experiment, Plan, Setup, SplitRef, Splits, compare, equal_steps, finish, machine, models_frame,
                    pair_columns, register, run_plan)
 from .params import Common, check_training_size, check_width, check_widths, is_number, param
-from .tasks import Checkpoint, FrozenPrefix, TrainedModel
+from .tasks import Checkpoint, FrozenPrefix, FrozenSuffix, TrainedModel
 
 
 @dataclass(frozen=True)
@@ -54,8 +60,9 @@ class MoreIsBetterParams(Common):
     widths: list = param("widths of the width panel's bottoms and tops", [0.03125, 0.125], [0.25, 1.0, 2.0],
                          items=float)
     # The smoke models' penalties are far from zero: a paper-level "near zero" would freeze nothing.
-    freeze_max_penalty: float = param('"near zero" for freeze training: a stage is frozen if the mean penalty at '
-                                      "every cut up to it is at most this (points)", 3.0, 1.0)
+    freeze_max_penalty: float = param('"near zero" for freeze training: a bottom stage is frozen if the mean '
+                                      "penalty at every cut up to it is at most this (points), a top stage if the "
+                                      "reversed pair's is at every cut from below it on", 3.0, 1.0)
 
     def check(self) -> None:
         super().check()
@@ -77,12 +84,25 @@ class MoreIsBetterParams(Common):
             raise ValueError(f"freeze_max_penalty must be >= 0 (points), got {self.freeze_max_penalty!r}")
 
 
+def near_zero_suffix(table: pd.DataFrame, limit: float, n_stages: int) -> int:
+    """How many stages, from the output back, sit above a cut from which on every penalty is <=
+    `limit` (of a spine of `n_stages` stages, one more than its cuts): stitching at cut l keeps
+    the top's whole part above l, so only a suffix of the top can be frozen."""
+    shallowest = None
+    for index, penalty in table.sort_values("cut_index", ascending=False)[["cut_index", "penalty"]].itertuples(
+            index=False):
+        if not penalty <= limit:  # a cut without a penalty (NaN) is not near zero either
+            break
+        shallowest = int(index)
+    return 0 if shallowest is None else n_stages - 1 - shallowest
+
+
 def near_zero_prefix(table: pd.DataFrame, limit: float) -> int:
     """How many stages, from the input on, sit before a cut where every penalty so far is
     <= `limit`: stitching at cut l tests the whole bottom up to l, so only a prefix can be frozen."""
     n = 0
     for penalty in table.sort_values("cut_index")["penalty"]:
-        if penalty > limit:
+        if not penalty <= limit:  # a cut without a penalty (NaN) is not near zero either
             break
         n += 1
     return n
@@ -168,8 +188,18 @@ def plan(p: MoreIsBetterParams, profile: str, uses: dict) -> Plan:
 
         # Freeze training (Fig. 9): the prefix is decided from the samples panel's penalties.
         normal = model("normal training", one, top_seed, fz.everything, fz.recipe, checkpoints=fz.curve)
-        extra += [normal, dataclasses.replace(normal, label=f"frozen prefix of {bottoms[p.fewer_samples].label}",
-                                              frozen=FrozenPrefix(bottoms[p.fewer_samples], None))]
+        fewer = bottoms[p.fewer_samples]
+        # The opposite (Appendix B.4: "a top model with 5K and bottom with 50K"): the network trained
+        # normally on every training image as the bottom, into the fewer-samples model as the top;
+        # where it is near zero, the fewer-samples model's top layers are as good.
+        comparisons.append(compare(p, splits, fewer, normal, dict(
+            panel="samples, reversed", pair=f"{fz.everything.size:,} samples into {p.fewer_samples:,}",
+            value=float(fz.everything.size), **pair_columns(i, seed, top_seed),
+            **machine("samples_reversed", "fewer_samples", "all_samples"))))
+        extra += [normal, dataclasses.replace(normal, label=f"frozen prefix of {fewer.label}",
+                                              frozen=FrozenPrefix(fewer, None)),
+                  dataclasses.replace(normal, label=f"frozen prefix and top layers of {fewer.label}",
+                                      frozen=FrozenPrefix(fewer, None), frozen_top=FrozenSuffix(fewer, None))]
     return Plan("more_is_better", profile, p, comparisons, extra=extra)
 
 
@@ -179,39 +209,53 @@ def run(s: Setup):
     table, bar = run_plan(s, "more is better", extra_units=len(plan_.extra))
     with bar:
         # Freeze training (Fig. 9, Appendix B.4): one prefix for every pair, from their mean penalties.
-        fewer_rows = table[(table["panel_id"] == "samples") & (table["bottom_role"] == "fewer_samples")]
-        mean_rows = fewer_rows.groupby(["cut_index", "cut"], as_index=False)["penalty"].mean()
-        n_frozen = near_zero_prefix(mean_rows, p.freeze_max_penalty)
+        def mean_penalties(panel_id):
+            rows = table[(table["panel_id"] == panel_id) & (table["top_role" if panel_id == "samples_reversed"
+                                                                  else "bottom_role"] == "fewer_samples")]
+            return rows.groupby(["cut_index", "cut"], as_index=False)["penalty"].mean().sort_values("cut_index")
+
+        prefix_rows, top_rows = mean_penalties("samples"), mean_penalties("samples_reversed")
+        n_frozen = near_zero_prefix(prefix_rows, p.freeze_max_penalty)
+        n_stages = len(top_rows) + 1  # the spine: a stage before every cut, and the classifier
+        n_top = min(near_zero_suffix(top_rows, p.freeze_max_penalty, n_stages), n_stages - 1 - n_frozen)
+        frozen_names = (f"stages up to {prefix_rows['cut'].iloc[n_frozen - 1]}" if n_frozen else "")
+        top_names = f"stages after {top_rows['cut'].iloc[n_stages - 1 - n_top]}" if n_top else ""
         curves, runs = [], []
         for i, (top_seed, seed) in enumerate(p.seed_pairs()):
-            normal, frozen = plan_.extra[2 * i: 2 * i + 2]
-            runs.append({"normal training": normal})
+            normal, frozen, both = plan_.extra[3 * i: 3 * i + 3]
+            runs.append({("normal", "normal training"): normal})
+            source = f" frozen from the {p.fewer_samples:,}-sample model"
             if n_frozen:
-                label = (f"stages up to {mean_rows.sort_values('cut_index')['cut'].iloc[n_frozen - 1]} frozen from "
-                         f"the {p.fewer_samples:,}-sample model")
-                runs[i][label] = dataclasses.replace(frozen, frozen=FrozenPrefix(frozen.frozen.source, n_frozen))
+                runs[i][("prefix", frozen_names + source)] = dataclasses.replace(
+                    frozen, frozen=FrozenPrefix(frozen.frozen.source, n_frozen))
+            if n_top:
+                runs[i][("prefix_and_top", " and ".join(filter(None, (frozen_names, top_names))) + source)] = (
+                    dataclasses.replace(both, frozen=FrozenPrefix(both.frozen.source, n_frozen) if n_frozen else None,
+                                        frozen_top=FrozenSuffix(both.frozen_top.source, n_top)))
         # Now that the prefix is known, every pair's frozen run trains at once.
         s.compute([task for pair in runs for task in pair.values()], "freeze training")
         for i, (top_seed, seed) in enumerate(p.seed_pairs()):
-            for label, task in runs[i].items():
+            for (kind, label), task in runs[i].items():
                 bar.set_postfix_str(f"freeze training: {label}, pair {i}")
                 _, rec = s.runner.model(task)
-                stages = task.frozen.stages if task.frozen else 0
-                curves += [dict(run=label, frozen_stages=stages, epoch=e, step=round(e * fz.per_epoch), test_error=err,
-                                _wrong=w, **pair_columns(i, top_seed, seed if task.frozen else top_seed))
+                curves += [dict(run=label, freeze=kind, frozen_stages=task.frozen.stages if task.frozen else 0,
+                                frozen_top_stages=task.frozen_top.stages if task.frozen_top else 0, epoch=e,
+                                step=round(e * fz.per_epoch), test_error=err, _wrong=w,
+                                **pair_columns(i, top_seed, seed if task.freezing() else top_seed))
                            for (e, err), w in zip(rec["curve"], rec["curve_wrong"])]
                 bar.update()
         bar.update(bar.total - bar.n)
     curves = pd.DataFrame(curves)
-    write_csv(curves, s.figures / "04_freeze_training.csv")
+    write_csv(curves, s.figures / "04_freeze_training.csv", record=s)
     return finish(s, table, models_frame(s), curves=curves)
 
 
 EXPERIMENT = register(Experiment(
     "more_is_better", "04_more_is_better", "More is better (Figs. 2C, 3B, 3C, 7, 9)", MoreIsBetterParams, plan, run,
     C.more_is_better_claims, plotting.more_is_better_figures,
-    columns=dict(panel_id={"samples", "training_time", "width_bottoms", "width_tops", "width_cka"},
+    columns=dict(panel_id={"samples", "samples_reversed", "training_time", "width_bottoms", "width_tops",
+                           "width_cka"},
                  top_role={"top_samples", "fewer_samples", "top_epoch", "width", "width_varied", "narrowest"},
-                 bottom_role={"fewer_samples", "top_samples", "more_samples", "checkpoint", "width", "width_varied",
-                              "widest"},
+                 bottom_role={"fewer_samples", "top_samples", "more_samples", "all_samples", "checkpoint", "width",
+                              "width_varied", "widest"},
                  comparison={"stitch", "cka_only"})))

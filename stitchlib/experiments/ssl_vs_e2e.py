@@ -22,7 +22,7 @@ import pandas as pd
 from .. import claims as C
 from .. import data as data_mod
 from .. import plotting
-from ..pretrained import IMAGENET_WEIGHTS, WeightsNotFoundError, load_imagenet_folder, load_resnet50
+from ..pretrained import IMAGENET_WEIGHTS, WeightsNotFoundError, load_imagenet_folder, load_resnet50, random_resnet50
 from ..training import misclassified, percent
 from .compute import cka_all_cuts, stitch_all_cuts
 from .core import (Experiment, Plan, Setup, Splits, compare, derived_seed, finish, machine, models_frame,
@@ -45,6 +45,8 @@ class SslParams(Common):
     # Both halves must hold an image of each of ImageNet's 1000 classes.
     imagenet_samples: int = param("validation images used (half train the stitcher, half test; both halves cover "
                                   "every class, so at least 2 per class)", 2000, 10000)
+    imagenet_random_seed: int = param("seed of the untrained ResNet-50 stitched beside them (Fig. 2B's random "
+                                      "control)", 100)
 
     def check(self) -> None:
         super().check()
@@ -130,8 +132,12 @@ def imagenet_panel(s: Setup, notes: list) -> pd.DataFrame | None:
     recs["supervised"]["test_error"] = percent(recs["supervised"]["wrong"])
     settings = dict(stitch_settings(p))
     settings["ls_samples"] = min(p.ls_samples, len(data.train))
+    # Fig. 2B's random control: an untrained ResNet-50 from its own seed, beside the pretrained ones
+    # (keyed, as they are, by its weights' digest).
+    nets["random"] = random_resnet50(p.imagenet_random_seed)
+    recs["random"] = {"key": f"imagenet:random:{nets['random'][1]['sha256'][:16]}"}
     rows = []
-    for name in p.imagenet_weights:
+    for name in [*p.imagenet_weights, "random"]:
         bottom = nets[name][0].to(s.device)
         stitched = stitch_all_cuts(s.store, data, s.device, bottom, recs[name], top, recs["supervised"],
                                    train_split=data.train, test_split=data.test, label=f"{name} into supervised",
@@ -139,8 +145,11 @@ def imagenet_panel(s: Setup, notes: list) -> pd.DataFrame | None:
         cka = cka_all_cuts(s.store, data, s.device, top, recs["supervised"], bottom, recs[name], data.test,
                            p.cka_estimator, numerics=p.numerics())
         # One pretrained network of each kind: no seed pairs, hence no interval (pair_index 0).
-        columns = dict(panel="ImageNet", pair=f"{name} bottom into supervised top", direction=f"{name} into E2E",
-                       **pair_columns(0, -1, -1), **machine("imagenet", "supervised", name))
+        pair = ("random ResNet-50 (untrained) bottom into supervised top" if name == "random"
+                else f"{name} bottom into supervised top")
+        columns = dict(panel="ImageNet", pair=pair, direction=f"{name} into E2E",
+                       **pair_columns(0, -1, p.imagenet_random_seed if name == "random" else -1),
+                       **machine("imagenet", "supervised", name))
         rows += [row_of(columns, row, recs["supervised"], {}, c) for row, c in zip(stitched, cka)]
     return pd.DataFrame(rows)
 
@@ -149,4 +158,5 @@ EXPERIMENT = register(Experiment(
     "ssl_vs_e2e", "02_ssl_vs_e2e", "Self-supervised vs supervised (Fig. 6, Fig. 2B)", SslParams, plan, run,
     C.ssl_claims, plotting.ssl_figures,
     columns=dict(panel_id={"cifar10", "imagenet"}, top_role={"e2e", "sss", "supervised"},
-                 bottom_role={"e2e", "sss", *sorted(set(IMAGENET_WEIGHTS) - {"supervised"})}, comparison={"stitch"})))
+                 bottom_role={"e2e", "sss", "random", *sorted(set(IMAGENET_WEIGHTS) - {"supervised"})},
+                 comparison={"stitch"})))

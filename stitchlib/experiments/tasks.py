@@ -134,6 +134,15 @@ class FrozenPrefix:
 
 
 @dataclass(frozen=True)
+class FrozenSuffix:
+    """The last `stages` spine stages (the classifier among them) copied from `source` and kept
+    fixed: the top layers of Appendix B.4's freeze training (None: decided when it runs)."""
+
+    source: Task
+    stages: int | None
+
+
+@dataclass(frozen=True)
 class TrainedModel(Task):
     """A network trained with `recipe` on `train` and evaluated on `test`. `checkpoints`: epochs at
     which its test error is recorded (and, with `keep_checkpoints`, its weights kept); `frozen`:
@@ -152,9 +161,14 @@ class TrainedModel(Task):
     keep_checkpoints: bool = False
     frozen: FrozenPrefix | None = None
     simclr_epochs: float | None = None
+    frozen_top: FrozenSuffix | None = None
 
     def deps(self) -> tuple:
-        return (self.frozen.source,) if self.frozen is not None else ()
+        return tuple(f.source for f in self.freezing())
+
+    def freezing(self) -> list:
+        """The frozen parts, in the order of `deps`: the prefix, then the top layers."""
+        return [f for f in (self.frozen, self.frozen_top) if f is not None]
 
     def steps(self) -> int:
         """The SGD steps the training loop takes (it drops the last partial batch of each epoch)."""
@@ -174,16 +188,19 @@ class TrainedModel(Task):
             work += simclr * SIMCLR_PASSES
         return images, work * flops
 
-    def config(self, identity: dict, device: str, in_channels: int, source_key: str | None) -> dict:
-        """The artifact's configuration, as the store keys it."""
+    def config(self, identity: dict, device: str, in_channels: int, dep_keys: list) -> dict:
+        """The artifact's configuration, as the store keys it (`dep_keys`: those of `deps()`)."""
         config = dict(arch=self.arch, width=self.width, options=dict(self.options), seed=self.seed,
                       num_classes=self.train.num_classes, in_channels=in_channels, recipe=self.recipe.as_config(),
                       data=identity, train_split=self.train.recipe(), test_split=self.test.recipe(), device=device)
         # Only present when used, so plain models keep the keys they were stored under.
         if self.checkpoints:
             config.update(checkpoints=[float(e) for e in self.checkpoints], keep_checkpoints=self.keep_checkpoints)
+        sources = iter(dep_keys)
         if self.frozen is not None:
-            config["frozen"] = dict(source=source_key, stages=self.frozen.stages)
+            config["frozen"] = dict(source=next(sources), stages=self.frozen.stages)
+        if self.frozen_top is not None:
+            config["frozen_top"] = dict(source=next(sources), stages=self.frozen_top.stages)
         if self.simclr_epochs is not None:
             config["simclr"] = dict(epochs=float(self.simclr_epochs), batch_size=256, temperature=0.5)
         return config
@@ -230,7 +247,7 @@ class Stitch(Task):
     bottom: Task
     train: SplitRef
     test: SplitRef
-    settings: tuple  # epochs, lr, ls_samples and any of kernel_size, bn_policy, init
+    settings: tuple  # epochs, lr, ls_samples and any of kernel_size, bn_policy, init, steps, transform, seed
 
     def deps(self) -> tuple:
         return (self.top, self.bottom)
@@ -255,6 +272,13 @@ class CKA(Task):
     images: SplitRef
     estimator: str
     batch_size: int = 250
+    transform: tuple | None = None  # B's representation changed first (`stitching.Transform`)...
+    seed: int = 0  # ...with the draws of the stitcher of the same comparison (its `seed`)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.transform is not None and type(self) is not CKA:
+            raise ValueError(f"{type(self).__name__} takes no transform: only CKA at the same cuts does")
 
     def deps(self) -> tuple:
         return (self.a, self.b)
@@ -265,8 +289,11 @@ class CKA(Task):
         return self.images.size, self.images.size * (fa + fb)
 
     def config(self, identity: dict, device: str, a_key: str, b_key: str) -> dict:
-        return dict(a=a_key, b=b_key, data=identity, images=self.images.recipe(), estimator=self.estimator,
-                    batch_size=self.batch_size, device=device)
+        config = dict(a=a_key, b=b_key, data=identity, images=self.images.recipe(), estimator=self.estimator,
+                      batch_size=self.batch_size, device=device)
+        if self.transform is not None:
+            config.update(transform=list(self.transform), seed=self.seed)
+        return config
 
 
 @dataclass(frozen=True)
@@ -298,12 +325,13 @@ def _stitch_cost(settings: dict, n_cuts: int, flops: float, train: int, test: in
     """(images, FLOPs) of stitching at every cut in one pass: the least-squares fit (forward only),
     the stitchers' training, and the test errors at initialisation and after training."""
     ls = min(settings["ls_samples"], train)
-    trained = settings["epochs"] * train
+    # `steps` (batches of 128, as `stitching.stitch` trains) overrides `epochs` when given.
+    trained = settings["steps"] * 128 if settings.get("steps") is not None else settings["epochs"] * train
     evaluated = 2 * test
     work = flops * (trained * (1 + STITCH_PASSES_PER_CUT * n_cuts)
                     + (ls + evaluated) * (1 + EVAL_PASSES_PER_CUT * n_cuts))
     return trained + ls + evaluated, work
 
 
-__all__ = ["SplitRef", "Task", "RandomModel", "TrainedModel", "Checkpoint", "FrozenPrefix", "Stitch", "CKA",
+__all__ = ["SplitRef", "Task", "RandomModel", "TrainedModel", "Checkpoint", "FrozenPrefix", "FrozenSuffix", "Stitch", "CKA",
            "CKAMatrix", "PretrainedStitch", "architecture_info"]
