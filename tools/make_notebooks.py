@@ -105,7 +105,7 @@ RUN_NOTE = """
 
 Two profiles: `smoke` (the default) runs on a 2-core CPU in minutes, `paper` is Appendix A's scale
 on GPUs; the parameters cell below lists both values of every parameter. They differ in sizes and
-in three settings that a size forces: the stitcher's learning rate (16 smoke steps need a larger
+in three settings that a size forces: the stitcher's learning rate (15 smoke steps need a larger
 one), the CKA estimator (minibatch at 10,000 images) and freeze training's "near zero".
 `python -m stitchlib plan <notebook> --profile paper` prints what a run computes and costs. Measured runtimes are in the
 README (rendered from `results/`). Data here is the lossy **CIFAR-10 JPEG copy** when that is what
