@@ -4,6 +4,11 @@ Every model here is a *spine*: an ordered list of named stages whose composition
 model's forward pass. A cut point sits after a stage, so `split` only ever slices the
 spine and ``top(bottom(x))`` is the same computation as ``model(x)``, bit for bit.
 (The stage after the last cut point is the classifier head; it is never a cut.)
+
+Where the spine comes from: stitchlib's own models declare it; torchvision and timm ResNets and
+timm ViTs have a catalogue here (their blocks, as in timm's `feature_info`); `define_spine`
+declares one by hand; any other model is traced with torch.fx (`stitchlib.tracing`), and
+`trace_spine` asks for the traced one even where a catalogue exists.
 """
 
 from __future__ import annotations
@@ -13,7 +18,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-__all__ = ["CutPoint", "ARCHITECTURES", "build_model", "cut_points", "split", "spine", "define_spine"]
+__all__ = ["CutPoint", "ARCHITECTURES", "build_model", "cut_points", "split", "spine", "define_spine",
+           "trace_spine"]
 
 
 @dataclass(frozen=True)
@@ -378,8 +384,17 @@ def define_spine(model: nn.Module, names: list[str], example: torch.Tensor) -> n
     try:
         with torch.no_grad():
             want, got = model(example), example
-            for stage in stages:
-                got = stage(got)
+            for i, (name, stage) in enumerate(zip(names, stages)):
+                try:
+                    got = stage(got)
+                except Exception as exc:  # the composition broke inside a stage: say which
+                    raise ValueError(
+                        f"running {names} in order does not reproduce {type(model).__name__}(x): stage {i} "
+                        f"{name!r} fails on the output of {names[i - 1] if i else 'the input'!r} (shape "
+                        f"{tuple(got.shape)}): {type(exc).__name__}: {exc}. forward() does something between "
+                        "these modules that the spine lacks (a functional op such as F.avg_pool2d, a view); "
+                        "leave the spine undeclared and cut_points(model) traces it, or wrap that op in a "
+                        "module") from exc
     finally:
         model.train(was_training)
     if got.shape != want.shape or not torch.allclose(got, want, rtol=1e-5, atol=1e-6):
@@ -400,20 +415,34 @@ def _spine(model: nn.Module) -> Spine:
     module = type(model).__module__
     if module.startswith("torchvision.models") and type(model).__name__ == "ResNet":
         found = _torchvision_resnet_spine(model)
-    elif module.startswith("timm.") and hasattr(model, "feature_info"):
+    elif module.startswith("timm.") and hasattr(model, "feature_info") and \
+            type(model).__name__ in ("ResNet", "VisionTransformer"):
         found = _timm_spine(model)
     else:
-        raise TypeError(
-            f"{type(model).__name__} has no cut-point catalogue: stitchlib's models ({sorted(ARCHITECTURES)}), "
-            "torchvision ResNets and timm ResNets/ViTs have one; for any other model declare its sequential "
-            "spine with stitchlib.define_spine(model, names, example)"
-        )
+        # No catalogue: the cut points of its torch.fx graph (an UntraceableModelError, a TypeError
+        # pointing to define_spine, where it cannot be traced).
+        from .tracing import traced_spine
+
+        found = traced_spine(model)
     model.__dict__[_SPINE_ATTR] = found
     return found
 
 
+def trace_spine(model: nn.Module, example: torch.Tensor | None = None) -> nn.Module:
+    """Use the cut points of `model`'s torch.fx graph (`stitchlib.tracing`), even where a
+    catalogue exists: every node through which all information flows, named as
+    torchvision's `get_graph_node_names` names it. `example` is an input batch to measure the
+    cuts' shapes on (default: one image of zeros at the model's stated input size, else 32, 64 or 224 pixels).
+    Models without a catalogue get this by default. Returns `model`."""
+    from .tracing import traced_spine
+
+    model.__dict__[_SPINE_ATTR] = traced_spine(model, example)
+    return model
+
+
 def cut_points(model: nn.Module) -> list[CutPoint]:
-    """The ordered cut points of `model`."""
+    """The ordered cut points of `model`: its catalogue (stitchlib's models, torchvision and
+    timm ResNets, timm ViTs), its declared spine (`define_spine`), else its traced graph's."""
     return list(_spine(model).cuts)
 
 

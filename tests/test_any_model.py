@@ -89,11 +89,14 @@ def test_bad_spines_say_what_is_wrong(names, match):
         stitchlib.define_spine(Custom(), names, torch.randn(2, 3, 16, 16))
 
 
-def test_models_without_a_catalogue_point_to_define_spine():
-    with pytest.raises(TypeError, match="define_spine"):
-        cut_points(Custom())
-    with pytest.raises(TypeError, match="define_spine"):
-        cut_points(timm.create_model("mobilenetv3_small_050", pretrained=False))
+def test_models_without_a_catalogue_are_traced():
+    # No catalogue and no declaration: the cut points of the torch.fx graph (tests/test_tracing.py).
+    torch.manual_seed(0)
+    assert [c.name for c in cut_points(Custom())] == ["conv", "act", "block.0", "block.1", "block.2", "pool",
+                                                      "flatten"]
+    mobile = timm.create_model("mobilenetv3_small_050", pretrained=False, num_classes=3)
+    assert cut_points(mobile)[-1].kind == "vector"
+    _recomposes(mobile, torch.randn(2, 3, 64, 64))
 
 
 def test_stitching_two_torchvision_resnets_and_across_widths(cifar):
