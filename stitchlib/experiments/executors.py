@@ -270,9 +270,10 @@ def _probe_store(root: str, token: str) -> str | None:
     return None
 
 
-def check_address(address: str) -> None:
-    """Raise ConnectionError within seconds if a cluster address cannot be reached (a TCP
-    connection to host:port), rather than letting Ray retry for minutes."""
+def check_address(address: str, *, connect: bool = True) -> None:
+    """Raise ValueError if `address` is not one, and (with `connect`) ConnectionError within
+    seconds if it cannot be reached (a TCP connection to host:port), rather than letting Ray retry
+    for minutes."""
     if address in ("", "auto", "local"):
         return
     hostport = address.split("://", 1)[1] if "://" in address else address
@@ -281,6 +282,8 @@ def check_address(address: str) -> None:
         raise ValueError(f"ray_address {address!r} is not an address: give \"ray://host:port\" (Ray Client, port "
                          "10001 by default), \"host:port\" (the head node's GCS, port 6379), \"auto\" (the cluster "
                          "this node belongs to) or \"\" (start Ray inside the run)")
+    if not connect:
+        return
     try:
         socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
     except OSError as err:
@@ -496,11 +499,11 @@ def ray_installed() -> bool:
 
 
 def make_executor(name: str | Executor = "auto", *, ray_address: str = "", gpu_fraction: float = 0.25,
-                  device: str = "cpu", threads: int = 1) -> Executor:
+                  device: str = "cpu", threads: int = 1, connect: bool = True) -> Executor:
     """The executor called `name`, its options checked before any work. "auto": the one in
     $STITCHLIB_EXECUTOR, else, when at least two tasks fit on this machine at once (cores /
     threads, or GPUs / gpu_fraction), Ray if it is installed and local worker processes if not;
-    else serial."""
+    else serial. `connect=False` checks a cluster address's form without reaching it."""
     if isinstance(name, Executor):
         return name
     if not isinstance(name, str) or name not in EXECUTORS:
@@ -528,7 +531,7 @@ def make_executor(name: str | Executor = "auto", *, ray_address: str = "", gpu_f
     if not ray_installed():
         raise ImportError("executor=\"ray\" needs Ray: pip install 'ray>=2.9' (it comes with stitchlib's own "
                           "dependencies), or use executor=\"serial\"")
-    check_address(ray_address)
+    check_address(ray_address, connect=connect)
     return RayExecutor(ray_address, float(gpu_fraction))
 
 
