@@ -29,6 +29,8 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 import torch
 
+from . import locations
+
 __all__ = [
     "ARCHIVE_NAME",
     "CIFAR10_CLASSES",
@@ -72,13 +74,15 @@ COARSE_OF_CIFAR10 = (1, 1, 0, 0, 0, 0, 0, 0, 1, 1)
 
 ARCHIVE_NAME = "cifar10-jpeg-q75.tar.gz"
 ARCHIVE_ENV = "STITCHLIB_CIFAR10_ARCHIVE"
-DATA_ENV = "STITCHLIB_DATA"
+DATA_ENV = locations.DATA_ENV
 FASHION_MNIST_ENV = "STITCHLIB_FASHION_MNIST_DIR"
 # Debian's `dataset-fashion-mnist` installs the idx files here.
 FASHION_MNIST_SYSTEM_DIR = pathlib.Path("/usr/share/datasets/fashion-mnist")
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
-# Read at call time (not frozen into defaults) so tests can point it elsewhere.
-REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+# The source checkout the package runs from, None for an installed copy (`stitchlib.locations`): only
+# a checkout looks for the CIFAR-10 archive in <checkout>/../shared/data. Read at call time (not frozen
+# into defaults) so tests can point it elsewhere.
+REPO_ROOT = locations.checkout_root()
 
 DOWNLOAD_TIMEOUT_S = 20.0
 # Bump when the cache layout or the decoding changes, so old caches are ignored, not misread.
@@ -178,11 +182,12 @@ class Dataset:
 
 
 def data_dir() -> pathlib.Path:
-    """``$STITCHLIB_DATA`` if set, else ``<repository root>/data`` (independent of the cwd)."""
-    env = os.environ.get(DATA_ENV)
-    if env:
-        return pathlib.Path(env).expanduser().resolve()
-    return REPO_ROOT / "data"
+    """``$STITCHLIB_DATA`` if set, else ``<checkout>/data``, else the per-user folder
+    (`stitchlib.locations`; independent of the cwd)."""
+    return locations.data_dir()
+
+
+_DEFAULT_ROOT = "<checkout>/data in a source checkout, else the per-user folder <user data dir>/data"
 
 
 def _archive_candidates(root: pathlib.Path) -> list[tuple[str, pathlib.Path]]:
@@ -191,7 +196,8 @@ def _archive_candidates(root: pathlib.Path) -> list[tuple[str, pathlib.Path]]:
     if env:
         out.append(("env", pathlib.Path(env).expanduser()))
     out.append(("root", root / ARCHIVE_NAME))
-    out.append(("shared", REPO_ROOT.parent / "shared" / "data" / ARCHIVE_NAME))
+    if REPO_ROOT is not None:
+        out.append(("shared", locations.shared_data_dir(REPO_ROOT) / ARCHIVE_NAME))
     return out
 
 
@@ -587,13 +593,13 @@ def _load_cifar10(root: pathlib.Path, download: bool) -> Dataset:
         f"  1. torchvision's format: {root / 'cifar-10-batches-py'}",
         f"  2. image folders: {root / 'cifar10' / 'train'}/<class>/* and {root / 'cifar10' / 'test'}/<class>/*"
         " (the 10 CIFAR-10 class names)",
-        f"  3. the JPEG archive {ARCHIVE_NAME}: ${ARCHIVE_ENV} (currently {env or 'unset'}), "
-        f"or {archives[-2][1]}, or {archives[-1][1]}",
+        f"  3. the JPEG archive {ARCHIVE_NAME}: ${ARCHIVE_ENV} (currently {env or 'unset'}), or "
+        + ", or ".join(str(path) for where, path in archives if where != "env"),
         f"  4. run once online to download through torchvision ({CIFAR10_URL}) into {root}",
     ])
     raise DataNotFoundError(
         f"CIFAR-10 not found under root {root} (root is the root= argument, else ${DATA_ENV}, "
-        f"else <repository>/data). Provide it in one of these ways:\n{ways}\n"
+        f"else {_DEFAULT_ROOT}). Provide it in one of these ways:\n{ways}\n"
         + ("Problems seen: " + "; ".join(problems) if problems else ""))
 
 
@@ -630,7 +636,7 @@ def _load_fashion_mnist(root: pathlib.Path, download: bool) -> Dataset:
     ])
     raise DataNotFoundError(
         f"Fashion-MNIST not found under root {root} (root is the root= argument, else ${DATA_ENV}, "
-        f"else <repository>/data); the files are {stems}. Provide them in one of these ways:\n{ways}\n"
+        f"else {_DEFAULT_ROOT}); the files are {stems}. Provide them in one of these ways:\n{ways}\n"
         + ("Problems seen: " + "; ".join(problems) if problems else ""))
 
 
@@ -639,8 +645,8 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, *, download: 
 
     ``root`` defaults to ``data_dir()``; decoded arrays are cached in ``root/cache``. CIFAR-10 is
     looked for as ``root/cifar-10-batches-py``, then ``root/cifar10/{train,test}/<class>/``, then the
-    JPEG archive (``$STITCHLIB_CIFAR10_ARCHIVE``, ``root/cifar10-jpeg-q75.tar.gz``,
-    ``<repository>/../shared/data/cifar10-jpeg-q75.tar.gz``), then downloaded if ``download``.
+    JPEG archive (``$STITCHLIB_CIFAR10_ARCHIVE``, ``root/cifar10-jpeg-q75.tar.gz``, and in a source
+    checkout ``<checkout>/../shared/data/cifar10-jpeg-q75.tar.gz``), then downloaded if ``download``.
     Fashion-MNIST: ``root/FashionMNIST/raw``, ``$STITCHLIB_FASHION_MNIST_DIR``,
     ``/usr/share/datasets/fashion-mnist``, then download. Raises ``DataNotFoundError`` if none works.
     """

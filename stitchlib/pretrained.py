@@ -19,6 +19,7 @@ import numpy as np
 import torch
 import torchvision
 
+from . import locations
 from .data import DataNotFoundError, Dataset, Split, _decode_rgb, _download, _short, data_sha256
 
 __all__ = ["IMAGENET_WEIGHTS", "LAYOUTS", "WeightsNotFoundError", "load_resnet50", "resnet50_state_dict",
@@ -57,10 +58,9 @@ class WeightsNotFoundError(FileNotFoundError):
 
 
 def weights_dir() -> pathlib.Path:
-    """``$STITCHLIB_WEIGHTS`` if set, else ``<repository>/data/weights``."""
-    env = os.environ.get("STITCHLIB_WEIGHTS")
-    return pathlib.Path(env).expanduser().absolute() if env else pathlib.Path(__file__).resolve().parent.parent / \
-        "data" / "weights"
+    """``$STITCHLIB_WEIGHTS`` if set, else ``<checkout>/data/weights``, else the per-user folder
+    (`stitchlib.locations`)."""
+    return locations.weights_dir()
 
 
 def _strip(state: dict, prefix: str) -> dict:

@@ -56,6 +56,8 @@ from typing import Any, Callable
 import filelock
 import torch
 
+from . import locations
+
 __all__ = [
     "CorruptArtifactWarning",
     "Store",
@@ -65,7 +67,7 @@ __all__ = [
     "payload_to_frame",
 ]
 
-ENV_VAR = "STITCHLIB_STORE"
+ENV_VAR = locations.STORE_ENV
 
 _PACKAGE_DIR = pathlib.Path(__file__).resolve().parent
 _KIND_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
@@ -111,12 +113,9 @@ def code_version() -> str:
 
 
 def default_store_root() -> pathlib.Path:
-    """``$STITCHLIB_STORE`` if set and non-empty, else ``<repository root>/runs/store``."""
-    env = os.environ.get(ENV_VAR)
-    if env:
-        # Made absolute now so a later chdir cannot move an existing Store.
-        return pathlib.Path(env).expanduser().absolute()
-    return _PACKAGE_DIR.parent / "runs" / "store"
+    """``$STITCHLIB_STORE`` if set and non-empty (made absolute now, so a later chdir cannot move an
+    existing Store), else ``<checkout>/runs/store``, else the per-user folder: `stitchlib.locations`."""
+    return locations.store_dir()
 
 
 # --------------------------------------------------------------------------- canonical config

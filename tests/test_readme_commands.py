@@ -33,6 +33,8 @@ SKIPPED = {
     "sleep ": "Slurm: waits for Ray to start",
     "python bench/gpu_throughput.py": "a GPU benchmark: it measures, it has nothing to check first",
     "#!/bin/bash": "a script's first line",
+    "pip install .": "installs into the environment: tests/test_install.py installs the wheel into a fresh one",
+    "cd ~/stitching && jupyter lab": "starts a server: tests/test_browser.py runs JupyterLab headless",
 }
 
 
@@ -44,7 +46,7 @@ def _commands_in_blocks(text: str):
             line = re.sub(r"\s+#\s.*$", "", line).strip()  # a trailing comment
             if not line:
                 continue
-            if line.startswith("cd "):
+            if re.fullmatch(r"cd \S+", line):
                 cwd = cwd / line[3:].strip()
                 continue
             yield line, cwd

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import warnings
 import zlib
 from collections import Counter
@@ -23,6 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import data as data_mod
+from .. import locations
 from .. import record as record_mod
 from ..models import cut_points
 from ..precision import check_precision
@@ -299,20 +299,13 @@ class Setup:
             print(f"  {key:18s} {value}")
 
 
-def setup(experiment: str, *, profile: str = "smoke", device: str = "auto", figures_dir: str | None = None,
-          store: str | None = None, executor: str | Executor = "auto", ray_address: str = "",
-          gpu_fraction: float = 0.25, others: dict | None = None, **params) -> Setup:
-    """Check the parameters and plan the experiment (and any it reads) before anything is loaded;
-    then load the data. Parameters left None take the profile's value.
-
-    `executor` runs the tasks: "serial" (here, one after another), "ray" (Ray tasks: started inside
-    the run, or on the cluster at `ray_address`; each takes `threads` CPUs, or `gpu_fraction` of
-    a GPU) or "auto" (`stitchlib.experiments.executors.make_executor`). Same numbers either way.
-
-    `figures_dir` defaults to $STITCHLIB_FIGURES/<profile> or <repository>/figures/<profile>;
-    `store` to the artifact store's default ($STITCHLIB_STORE or <repository>/runs/store).
-    Neither depends on the cwd.
-    """
+def check_setup(experiment: str, *, profile: str = "smoke", device: str = "auto", executor: str | Executor = "auto",
+                ray_address: str = "", gpu_fraction: float = 0.25, others: dict | None = None,
+                reach_cluster: bool = True, **params):
+    """Every check `setup` makes before any work: parameters, device, precision, executor and its
+    options (no data loaded, nothing stored; a cluster address is reached only with
+    `reach_cluster`). Returns (plan, device, executor). `python -m stitchlib run|plan --check`
+    stops here, without reaching the cluster."""
     if not isinstance(device, str):
         raise TypeError(f"parameter 'device' must be str, got {type(device).__name__} {device!r}")
     plan = make_plan(experiment, profile, others=others, **params)
@@ -327,12 +320,32 @@ def setup(experiment: str, *, profile: str = "smoke", device: str = "auto", figu
                           f"about {flops / 1e15:,.2f} PFLOP, roughly {hours:,.1f} hours on this CPU's {cpu_count()} "
                           f"cores (at the {CPU_FLOPS_PER_CORE / 1e9:.0f} GFLOP/s per core the smoke suite measured), "
                           "stored tasks included; give smaller sizes with -p/-y for a check on a CPU", UserWarning,
-                          stacklevel=2)
+                          stacklevel=3)  # the caller of setup
     runs_on = make_executor(executor, ray_address=ray_address, gpu_fraction=gpu_fraction, device=dev.type,
-                            threads=plan.params.threads)
+                            threads=plan.params.threads, connect=reach_cluster)
     if runs_on.name == "ray" and dev.index is not None:
         raise ValueError(f"device={device!r}: with the ray executor give device 'cuda' (Ray gives each task its "
                          "GPU), or use executor='serial' to run on that one GPU")
+    return plan, dev, runs_on
+
+
+def setup(experiment: str, *, profile: str = "smoke", device: str = "auto", figures_dir: str | None = None,
+          store: str | None = None, executor: str | Executor = "auto", ray_address: str = "",
+          gpu_fraction: float = 0.25, others: dict | None = None, **params) -> Setup:
+    """Check the parameters and plan the experiment (and any it reads) before anything is loaded;
+    then load the data. Parameters left None take the profile's value.
+
+    `executor` runs the tasks: "serial" (here, one after another), "ray" (Ray tasks: started inside
+    the run, or on the cluster at `ray_address`; each takes `threads` CPUs, or `gpu_fraction` of
+    a GPU) or "auto" (`stitchlib.experiments.executors.make_executor`). Same numbers either way.
+
+    `figures_dir` defaults to $STITCHLIB_FIGURES/<profile>, else <checkout>/figures/<profile> in a
+    source checkout, else <user data dir>/figures/<profile>; `store` to the artifact store's default
+    ($STITCHLIB_STORE, else <checkout>/runs/store, else <user data dir>/store). Neither depends on the
+    cwd (`stitchlib.locations`).
+    """
+    plan, dev, runs_on = check_setup(experiment, profile=profile, device=device, executor=executor,
+                                     ray_address=ray_address, gpu_fraction=gpu_fraction, others=others, **params)
     st = Store(store)
     dataset = data_mod.load_dataset(plan.params.dataset)
     for key, split in (("train_samples", dataset.train), ("test_samples", dataset.test)):
@@ -342,7 +355,7 @@ def setup(experiment: str, *, profile: str = "smoke", device: str = "auto", figu
     if figures_dir:
         figures = Path(figures_dir)
     else:
-        figures = Path(os.environ.get("STITCHLIB_FIGURES") or REPO_ROOT / "figures").expanduser().absolute() / profile
+        figures = locations.figures_dir() / profile
     figures.mkdir(parents=True, exist_ok=True)
     e = experiment_named(experiment)
     return Setup(e.name, profile, plan.params.as_dict(), dev, st, dataset, figures, plan,
