@@ -81,7 +81,8 @@ nbval: setup
 # to refresh the outputs nbval compares against.
 refresh-notebooks: setup
 	@for nb in $(NOTEBOOKS); do \
-	  $(BIN)/jupyter nbconvert --to notebook --execute --inplace --ExecutePreprocessor.timeout=1800 $$nb || exit 1; \
+	  $(BIN)/jupyter nbconvert --to notebook --execute --inplace --ExecutePreprocessor.timeout=1800 \
+	    --ExecutePreprocessor.store_widget_state=False $$nb || exit 1; \
 	done
 
 clean-runs:

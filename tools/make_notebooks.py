@@ -63,7 +63,7 @@ The paper's words:
 def notebook(name, experiment, header, keys, statistics, extra=()):
     """The thin layout every notebook shares: claim, parameters, claims and thresholds, one setup
     call, one cached compute call, the checked verdicts, the results rendered from the tables, the
-    numbers behind them, the figures."""
+    numbers behind them, the figures, and last the explorer over the tables (`stitchlib.explore`)."""
     library = parameter_names(experiment)
 
     def call(head, args, indent):
@@ -91,6 +91,10 @@ def notebook(name, experiment, header, keys, statistics, extra=()):
         code("stitchlib.summarize(results, claims)"),
         code("figures = stitchlib.plot(results)"),
         *(code(src) for src in extra),
+        md(EXPLORE_NOTE.format(name=name)),
+        # Run everywhere (nbval too: a broken explorer fails the notebook) but never compared: a
+        # widget's output is a view of the kernel's state, not a result.
+        code("stitchlib.explore(results)", tags=["nbval-ignore-output"]),
     ]
     nb = nbf.v4.new_notebook(cells=cells)
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
@@ -110,6 +114,15 @@ one), the CKA estimator (minibatch at 10,000 images) and freeze training's "near
 `python -m stitchlib plan <notebook> --profile paper` prints what a run computes and costs. Measured runtimes are in the
 README (rendered from `results/`). Data here is the lossy **CIFAR-10 JPEG copy** when that is what
 is available: its numbers are self-consistent but are not the paper's.
+"""
+
+EXPLORE_NOTE = """
+**Explore the tables.** `stitchlib.explore(results)` draws any panel of this run's summary (per cut,
+the mean over the seed pairs, its interval as a band) for the pairs you pick: the penalty after
+training, at initialisation, or CKA, redrawn on every change, with the rows behind the figure
+below it. It needs a live kernel with ipywidgets (JupyterLab or Jupyter Notebook): a saved notebook
+shows no widget. It reads tables only, so it works as well on a results CSV from any machine, e.g.
+`stitchlib.explore("../results/smoke/{name}_summary.csv")` from `notebooks/`.
 """
 
 CONNECTIVITY_HEADER = """
