@@ -1,5 +1,6 @@
 import pytest
 import torch
+from torch import nn
 
 import stitchlib
 from stitchlib import data as D
@@ -138,3 +139,55 @@ def test_bad_frozen_counts(cifar):
         train_model(m, train, cifar.mean, cifar.std, Recipe(epochs=1), frozen_top=True, device="cpu")
     with pytest.raises(ValueError, match="frozen must be a number of stages >= 0"):
         train_model(m, train, cifar.mean, cifar.std, Recipe(epochs=1), frozen=-1, device="cpu")
+
+
+# Trains in a fresh process: the oneDNN defect it guards against kills the process (heap corruption)
+# or hangs it, which no assertion inside pytest's own process could report.
+NARROW_RESNET_ON_ONE_THREAD = """
+import dataclasses, torch
+torch.set_num_threads({threads})
+from stitchlib import build_model
+from stitchlib.data import Split
+from stitchlib.training import RECIPES, train_model
+g = torch.Generator().manual_seed(0)
+train = Split(torch.randint(0, 256, (256, 3, 32, 32), generator=g, dtype=torch.uint8),
+              torch.randint(0, 10, (256,), generator=g), 10)
+model = build_model("resnet18", seed=0, width=0.0625)
+train_model(model, train, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), dataclasses.replace(RECIPES["resnet18"], epochs=2),
+            seed=0, device="cpu", progress=False)
+print("trained")
+"""
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_resnet_at_width_1_16_trains_on_the_cpu(threads):
+    """Its shortcut is a strided 1x1 convolution of 4 input channels, whose channels-last weight
+    gradient in oneDNN (torch 2.14.1, AVX2) corrupts the heap with one thread and hangs with two;
+    `training.channels_last` computes it as subsample-then-1x1 instead."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", NARROW_RESNET_ON_ONE_THREAD.format(threads=threads)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "trained" in done.stdout, done.stderr[-2000:]
+
+
+def test_a_strided_1x1_convolution_computes_the_same_after_channels_last():
+    import copy
+
+    from stitchlib.training import channels_last
+
+    torch.manual_seed(0)
+    for c_in, stride in [(4, 2), (3, 3), (2, (2, 1))]:
+        conv = nn.Conv2d(c_in, 8, 1, stride=stride)
+        plain = copy.deepcopy(conv)
+        x = torch.randn(2, c_in, 9, 9)
+        fast = channels_last(conv)
+        assert "forward" in fast.__dict__  # computed as subsample, then a 1x1 convolution of stride 1
+        assert torch.allclose(fast(x), plain(x), atol=1e-6) and fast(x).shape == plain(x).shape
+        twin = copy.deepcopy(fast)  # the copy computes with its own weights
+        with torch.no_grad():
+            twin.weight.mul_(0)
+        assert torch.allclose(twin(x), twin.bias.view(1, -1, 1, 1).expand_as(twin(x)))
+    wide = channels_last(nn.Conv2d(8, 8, 1, stride=2))
+    assert "forward" not in wide.__dict__  # 8 input channels or more: oneDNN's own kernel
